@@ -1,0 +1,148 @@
+"""Turn a raw broker message into a validated ``IncomingEvent``, or ``MalformedEvent``.
+
+Both content modes of the AMQP 0-9-1 (RabbitMQ) binding are accepted through the SDK's
+``cloudevents.core.bindings.rabbitmq``: structured (``application/cloudevents+json`` body)
+and binary (``ce-`` headers, data in the body). The AMQP 1.0 prefixes ``cloudEvents_`` /
+``cloudEvents:`` are mapped to ``ce-`` first, since that costs one loop. The SDK raises a mix
+of exception types on bad input (``ValueError``, ``AttributeError``, its own validation
+errors), so every failure leaves here as one ``MalformedEvent`` with a readable reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any, Mapping
+
+from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_rabbitmq
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+from pydantic import BaseModel, ConfigDict
+
+from indexgate.clock import as_utc
+from indexgate.errors import MalformedEvent
+
+STRUCTURED = "application/cloudevents+json"
+_AMQP10_PREFIXES = ("cloudevents_", "cloudevents:")
+_FORMAT = JSONFormat()
+
+
+class RawMessage(BaseModel):
+    """A broker message as received, JSON-safe so it can travel inside a Celery task."""
+
+    model_config = ConfigDict(frozen=True)
+
+    headers: dict[str, str] = {}
+    content_type: str | None = None
+    body: str
+    body_encoding: str = "utf-8"  # "base64" when the body is not UTF-8 text
+    routing_key: str | None = None
+
+    @classmethod
+    def build(
+        cls, headers: Mapping[str, Any] | None, content_type: str | None, body: bytes | str,
+        routing_key: str | None = None,
+    ) -> "RawMessage":
+        clean = {str(k): _header_text(v) for k, v in (headers or {}).items()}
+        if isinstance(body, str):
+            return cls(headers=clean, content_type=content_type, body=body, routing_key=routing_key)
+        try:
+            return cls(headers=clean, content_type=content_type, body=body.decode("utf-8"), routing_key=routing_key)
+        except UnicodeDecodeError:
+            return cls(
+                headers=clean, content_type=content_type, body=base64.b64encode(body).decode("ascii"),
+                body_encoding="base64", routing_key=routing_key,
+            )
+
+    def body_bytes(self) -> bytes:
+        if self.body_encoding == "base64":
+            return base64.b64decode(self.body)
+        return self.body.encode("utf-8")
+
+
+class IncomingEvent(BaseModel):
+    """The CloudEvent attributes indexgate uses, plus ``data`` still unvalidated."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    source: str
+    type: str
+    time: datetime | None  # None when the publisher gave no time (the SDK would invent one)
+    subject: str | None = None
+    data: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: CloudEvents says source + id identify an event."""
+        return f"{self.source}|{self.id}"
+
+
+def decode(raw: RawMessage, max_bytes: int, source_allowlist: list[str] | None = None) -> IncomingEvent:
+    body = raw.body_bytes()
+    if len(body) > max_bytes:
+        raise MalformedEvent(f"body is {len(body)} bytes, over the {max_bytes}-byte limit (INDEXGATE_MAX_EVENT_BYTES)")
+    headers = _ce_headers(raw.headers)
+    content_type = raw.content_type
+    has_time = "ce-time" in headers
+    if not headers and (content_type or "").startswith("application/json") and b'"specversion"' in body:
+        content_type = STRUCTURED  # a structured event sent with a generic JSON content type
+    if (content_type or "").lower().startswith("application/cloudevents"):
+        has_time = _structured_has_time(body)
+    elif not headers:
+        raise MalformedEvent(
+            f"not a CloudEvent: content type {raw.content_type!r} is not {STRUCTURED} and no ce- headers are present"
+        )
+    try:
+        event: CloudEvent = from_rabbitmq(RabbitMQMessage(headers, content_type, body), _FORMAT, CloudEvent)
+    except Exception as exc:  # the SDK raises many types; all mean "bad event"
+        raise MalformedEvent(f"not a valid CloudEvent: {type(exc).__name__}: {exc}") from exc
+    return _incoming(event, has_time, source_allowlist)
+
+
+def _incoming(event: CloudEvent, has_time: bool, allowlist: list[str] | None) -> IncomingEvent:
+    if event.get_specversion() != "1.0":
+        raise MalformedEvent(f"specversion {event.get_specversion()!r} is not supported; send 1.0")
+    if allowlist and event.get_source() not in allowlist:
+        raise MalformedEvent(f"source {event.get_source()!r} is not in INDEXGATE_SOURCE_ALLOWLIST")
+    data = event.get_data()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MalformedEvent(f"data must be a JSON object, got {type(data).__name__}")
+    time = event.get_time() if has_time else None
+    return IncomingEvent(
+        id=event.get_id(), source=event.get_source(), type=event.get_type(),
+        time=as_utc(time) if time else None, subject=event.get_subject(), data=data,
+    )
+
+
+def _ce_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        for prefix in _AMQP10_PREFIXES:
+            if lower.startswith(prefix):
+                lower = "ce-" + lower[len(prefix):]
+        if lower.startswith("ce-"):
+            out[lower] = value
+    return out
+
+
+def _structured_has_time(body: bytes) -> bool:
+    try:
+        obj = json.loads(body)
+    except ValueError as exc:
+        raise MalformedEvent(f"body is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise MalformedEvent(f"a structured CloudEvent must be a JSON object, got {type(obj).__name__}")
+    return obj.get("time") is not None
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)

@@ -1,0 +1,45 @@
+"""Ingest one raw funnel message: decode, validate, apply; dead-letter what cannot be used.
+
+This is the single place where the dead-letter policy lives. A malformed message is kept
+whole with its reason; an unexpected error while applying a valid event is kept the same
+way (reason ``internal error``) instead of crashing the worker or dropping the event, so
+nothing is lost and the message can be inspected with ``indexgate deadletters list``.
+Store outages are *not* caught here: they propagate so the task is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from events import catalog
+from events.decode import RawMessage, decode
+from indexgate.clock import utcnow
+from indexgate.errors import MalformedEvent, StoreError
+from indexgate.service import Outcome, Service
+from indexgate.settings import Settings
+from schemas.records import DeadLetter
+
+log = logging.getLogger(__name__)
+
+
+def ingest(service: Service, settings: Settings, raw: RawMessage) -> Outcome:
+    try:
+        event = decode(raw, settings.max_event_bytes, settings.source_allowlist)
+        return catalog.apply(service, event)
+    except MalformedEvent as exc:
+        return dead_letter(service, raw, str(exc))
+    except StoreError:
+        raise
+    except Exception as exc:  # a bug must not lose the event nor kill the worker
+        log.exception("internal error while applying an event; it is dead-lettered")
+        return dead_letter(service, raw, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def dead_letter(service: Service, raw: RawMessage, reason: str) -> Outcome:
+    letter = DeadLetter(
+        at=utcnow(), reason=reason, routing_key=raw.routing_key, content_type=raw.content_type,
+        headers=raw.headers, body=raw.body, body_encoding=raw.body_encoding,
+    )
+    service.record_dead_letter(letter)
+    log.warning("dead-lettered message %s: %s", letter.letter_id, reason)
+    return Outcome(status="dead_lettered", detail=reason)

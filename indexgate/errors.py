@@ -1,0 +1,55 @@
+"""One exception root for everything indexgate raises on purpose.
+
+::
+
+    IndexgateError
+    ├── ConfigError                 a setting cannot be used (bad URL scheme, ...)
+    ├── MalformedEvent              an incoming event cannot be decoded or validated;
+    │                               it is dead-lettered with this message as the reason
+    ├── StoreError
+    │   ├── StoreUnavailable        the store cannot be reached or is locked; retry later
+    │   └── VersionConflict         a compare-and-swap lost a race; reload and reapply
+    └── OperatorError               an operator action cannot be done as asked
+        ├── LockNotFound
+        └── InvalidRequest
+
+Messages say what happened and what to do about it, because the reader is an operator.
+"""
+
+from __future__ import annotations
+
+
+class IndexgateError(Exception):
+    """Root of every error indexgate raises deliberately."""
+
+
+class ConfigError(IndexgateError):
+    """A setting has a value indexgate cannot use."""
+
+
+class MalformedEvent(IndexgateError):
+    """An incoming event is not a valid funnel CloudEvent; the message is the reason."""
+
+
+class StoreError(IndexgateError):
+    """Something went wrong talking to the store."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be read or written right now (down, locked, unreadable)."""
+
+
+class VersionConflict(StoreError):
+    """Another writer changed the aggregate since it was loaded."""
+
+
+class OperatorError(IndexgateError):
+    """An operator request cannot be carried out as asked."""
+
+
+class LockNotFound(OperatorError):
+    """No live lock has the given id."""
+
+
+class InvalidRequest(OperatorError):
+    """The request's arguments do not make sense (e.g. a negative extension)."""

@@ -1,0 +1,102 @@
+"""Configuration: one explicit pydantic-settings object, read from ``INDEXGATE_*``.
+
+Every field has a default that runs on a fresh machine with no servers: the broker is
+kombu's ``filesystem://`` transport and the store is SQLite, both under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "indexgate"
+
+
+class Settings(BaseSettings):
+    """All knobs of indexgate; ``Settings()`` reads the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="INDEXGATE_", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the embedded broker and the SQLite store keep their files.",
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery/kombu broker URL; empty = embedded filesystem:// broker under "
+        "data_dir. redis://host:6379/0 and amqp://user:pw@host:5672// also work.",
+    )
+    store_url: str | None = Field(
+        None,
+        description="Store URL; empty = sqlite:///<data_dir>/indexgate.db. "
+        "mongodb://host:27017/indexgate for MongoDB.",
+    )
+    funnel_exchange: str = Field("funnel.events", description="Topic exchange the funnel publishes to.")
+    intake_queue: str = Field("indexgate.funnel", description="Durable queue bound to funnel_exchange.")
+    out_exchange: str = Field("indexgate.events", description="Topic exchange for outgoing events.")
+    event_source: str = Field("indexgate", description="CloudEvents `source` of outgoing events.")
+    source_allowlist: list[str] = Field(
+        default_factory=list,
+        description="If set, events from other `source`s are dead-lettered (forged-source guard).",
+    )
+    max_event_bytes: int = Field(
+        1_048_576, description="Larger message bodies are dead-lettered unparsed (size limit)."
+    )
+    default_ttl_s: float = Field(14_400, description="Lock TTL when `started` gives none (4 h).")
+    max_ttl_s: float = Field(
+        86_400, description="Upper bound for TTL, also for ETA-driven extensions (24 h)."
+    )
+    default_heartbeat_interval_s: float = Field(
+        120, description="Heartbeat interval when `started` gives none."
+    )
+    missed_heartbeats: int = Field(
+        3, description="A lock is dead after this many intervals without a heartbeat."
+    )
+    ttl_sweep_interval_s: float = Field(300, description="Beat: TTL cleanup period.")
+    heartbeat_sweep_interval_s: float = Field(30, description="Beat: heartbeat cleanup period.")
+    health_sweep_interval_s: float = Field(60, description="Beat: health summary period.")
+    outbox_relay_interval_s: float = Field(
+        10, description="Beat: re-publish outgoing events a crash left unsent."
+    )
+    job_retention_s: float = Field(
+        7 * 86_400, description="How long finished jobs are remembered (duplicate guard)."
+    )
+    store_retry_max_s: float = Field(
+        60, description="Longest backoff between retries while the store is unavailable."
+    )
+    sqlite_busy_timeout_s: float = Field(
+        5, description="How long SQLite waits on another process's write lock."
+    )
+    intake_prefetch: int = Field(64, description="Unacked funnel messages per worker consumer.")
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.data_dir / 'indexgate.db'}"
+
+    def filesystem_broker_options(self) -> dict[str, str]:
+        """Folders of the embedded broker; the control folder holds exchange bindings."""
+        return {key: str(value) for key, value in self._broker_folders().items()}
+
+    def ensure_data_dirs(self) -> None:
+        """Create data_dir and the embedded broker's folders; called before connecting."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.broker_url:
+            for folder in self._broker_folders().values():
+                folder.mkdir(parents=True, exist_ok=True)
+
+    def _broker_folders(self) -> dict[str, Path]:
+        base = self.data_dir / "broker"
+        return {
+            "data_folder_in": base / "queue",
+            "data_folder_out": base / "queue",
+            "processed_folder": base / "processed",
+            "control_folder": base / "control",
+        }

@@ -1,0 +1,62 @@
+"""The store protocol: a few atomic verbs, each one round trip.
+
+The unit of consistency is the per-branch aggregate (``BranchState``). ``save`` is a
+compare-and-swap on its ``version``: it writes the new state, the transition's audit
+entries (which double as the outbox of outgoing events) and the idempotency key of the
+event that caused it, all or nothing where the backend allows (SQLite: one transaction;
+MongoDB: see ``mongo.py``). Mutual exclusion and monotonic fencing tokens then hold on any
+adapter that can do one conditional write.
+
+Adapters turn backend failures into ``StoreUnavailable`` and lost races into
+``VersionConflict`` right after the call, so nothing above sees a driver exception.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from schemas.records import AuditEntry, BranchState, DeadLetter
+
+
+class Store(Protocol):
+    def load(self, branch: str) -> BranchState | None:
+        """The branch's aggregate, or None if the branch never had a lock."""
+
+    def save(
+        self, state: BranchState, audit: Sequence[AuditEntry], inbox_key: str | None = None
+    ) -> int:
+        """Write ``state`` if the stored version is still ``state.version``; return the new
+        version. Raises ``VersionConflict`` when another writer got there first."""
+
+    def record(self, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> None:
+        """Append audit entries (and mark an event seen) without changing any aggregate."""
+
+    def seen(self, inbox_key: str) -> bool:
+        """Whether the event with this ``source|id`` key was already applied."""
+
+    def branch_of_job(self, job_id: str) -> str | None:
+        """Which branch a job ever asked for, or None for a job never seen."""
+
+    def branches_with_locks(self) -> list[BranchState]:
+        """Every aggregate that holds at least one lock (sweeps, listings)."""
+
+    def audit(self, limit: int = 100, branch: str | None = None) -> list[AuditEntry]:
+        """The newest audit entries, newest first."""
+
+    def unpublished(self, limit: int = 500) -> list[AuditEntry]:
+        """Audit entries whose outgoing event has not been confirmed published, oldest first."""
+
+    def mark_published(self, entry_ids: Sequence[str]) -> None:
+        """Confirm that these entries' outgoing events reached the broker."""
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep an unusable message with its reason."""
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest dead letters, newest first."""
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers."""
+
+    def close(self) -> None:
+        """Release connections (the store may be reopened lazily)."""

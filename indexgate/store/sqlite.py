@@ -1,0 +1,197 @@
+"""SQLite adapter: the embedded default, safe under several worker processes.
+
+WAL lets readers (permission checks) run beside one writer; every write is one
+``BEGIN IMMEDIATE`` transaction, so the compare-and-swap on ``branches.version``, the job
+index, the audit/outbox rows and the idempotency key commit together or not at all.
+``busy_timeout`` makes a writer wait for another process instead of failing at once; if the
+file stays locked past it, or cannot be opened, callers get ``StoreUnavailable``.
+
+The connection is opened lazily and re-opened after ``fork`` (a connection must never
+cross a fork), so creating the object does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from indexgate.errors import StoreUnavailable, VersionConflict
+from schemas.records import AuditEntry, BranchState, DeadLetter
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS branches (
+    branch TEXT PRIMARY KEY, version INTEGER NOT NULL, has_locks INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS branches_with_locks ON branches(has_locks) WHERE has_locks = 1;
+CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, branch TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inbox (key TEXT PRIMARY KEY, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, entry_id TEXT UNIQUE NOT NULL, at TEXT NOT NULL,
+    branch TEXT, published INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_unpublished ON audit(published, seq) WHERE published = 0;
+CREATE INDEX IF NOT EXISTS audit_branch ON audit(branch, seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, letter_id TEXT UNIQUE NOT NULL, at TEXT NOT NULL,
+    doc TEXT NOT NULL);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: Path, busy_timeout_s: float = 5.0, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self.synchronous = synchronous
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        self._mutex = threading.RLock()
+
+    # --- connection ---------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            conn.executescript(SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    @contextmanager
+    def _tx(self, write: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction; driver errors leave as ``StoreUnavailable``."""
+        with self._mutex:
+            try:
+                conn = self._connection()
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except (sqlite3.Error, OSError) as exc:
+                self._drop()
+                raise StoreUnavailable(f"SQLite store {self.path} unavailable: {exc}") from exc
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+        self._conn = None
+
+    def close(self) -> None:
+        with self._mutex:
+            self._drop()
+
+    def ping(self) -> None:
+        with self._tx(write=False) as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    # --- aggregates ---------------------------------------------------------------
+
+    def load(self, branch: str) -> BranchState | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT doc FROM branches WHERE branch = ?", (branch,)).fetchone()
+        return BranchState.model_validate_json(row[0]) if row else None
+
+    def save(self, state: BranchState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
+        new = state.model_copy(update={"version": state.version + 1})
+        doc = new.model_dump_json()
+        with self._tx(write=True) as conn:
+            if state.version == 0:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO branches (branch, version, has_locks, doc) VALUES (?, 1, ?, ?)",
+                    (state.branch, int(bool(new.locks)), doc),
+                )
+            else:
+                cur = conn.execute(
+                    "UPDATE branches SET version = ?, has_locks = ?, doc = ? WHERE branch = ? AND version = ?",
+                    (new.version, int(bool(new.locks)), doc, state.branch, state.version),
+                )
+            if cur.rowcount != 1:
+                raise VersionConflict(f"branch {state.branch} changed since version {state.version}")
+            conn.executemany(
+                "INSERT OR IGNORE INTO jobs (job_id, branch) VALUES (?, ?)",
+                [(job.job_id, state.branch) for job in new.jobs],
+            )
+            self._append(conn, audit, inbox_key)
+        return new.version
+
+    def record(self, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> None:
+        with self._tx(write=True) as conn:
+            self._append(conn, audit, inbox_key)
+
+    @staticmethod
+    def _append(conn: sqlite3.Connection, audit: Sequence[AuditEntry], inbox_key: str | None) -> None:
+        conn.executemany(
+            "INSERT OR IGNORE INTO audit (entry_id, at, branch, published, doc) VALUES (?, ?, ?, ?, ?)",
+            [(e.entry_id, e.at.isoformat(), e.branch, int(e.published), e.model_dump_json()) for e in audit],
+        )
+        if inbox_key is not None:
+            conn.execute(
+                "INSERT OR IGNORE INTO inbox (key, at) VALUES (?, datetime('now'))", (inbox_key,)
+            )
+
+    def seen(self, inbox_key: str) -> bool:
+        with self._tx(write=False) as conn:
+            return conn.execute("SELECT 1 FROM inbox WHERE key = ?", (inbox_key,)).fetchone() is not None
+
+    def branch_of_job(self, job_id: str) -> str | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT branch FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def branches_with_locks(self) -> list[BranchState]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute("SELECT doc FROM branches WHERE has_locks = 1 ORDER BY branch").fetchall()
+        return [BranchState.model_validate_json(row[0]) for row in rows]
+
+    # --- audit / outbox -----------------------------------------------------------
+
+    def audit(self, limit: int = 100, branch: str | None = None) -> list[AuditEntry]:
+        query = "SELECT doc, published FROM audit {} ORDER BY seq DESC LIMIT ?"
+        with self._tx(write=False) as conn:
+            if branch is None:
+                rows = conn.execute(query.format(""), (limit,)).fetchall()
+            else:
+                rows = conn.execute(query.format("WHERE branch = ?"), (branch, limit)).fetchall()
+        return [_audit(doc, published) for doc, published in rows]
+
+    def unpublished(self, limit: int = 500) -> list[AuditEntry]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                "SELECT doc, published FROM audit WHERE published = 0 ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [_audit(doc, published) for doc, published in rows]
+
+    def mark_published(self, entry_ids: Sequence[str]) -> None:
+        with self._tx(write=True) as conn:
+            conn.executemany("UPDATE audit SET published = 1 WHERE entry_id = ?", [(i,) for i in entry_ids])
+
+    # --- dead letters -------------------------------------------------------------
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        with self._tx(write=True) as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO dead_letters (letter_id, at, doc) VALUES (?, ?, ?)",
+                (letter.letter_id, letter.at.isoformat(), letter.model_dump_json()),
+            )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute("SELECT doc FROM dead_letters ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [DeadLetter.model_validate_json(row[0]) for row in rows]
+
+
+def _audit(doc: str, published: int) -> AuditEntry:
+    return AuditEntry.model_validate_json(doc).model_copy(update={"published": bool(published)})

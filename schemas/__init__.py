@@ -1,0 +1,1 @@
+"""Pydantic data contracts: event payloads in (``payloads``) and stored records (``records``)."""

@@ -1,0 +1,104 @@
+"""The ``data`` of each funnel CloudEvent, validated with pydantic v2.
+
+Canonical field names come first; the field names of the original design documents
+(``branch_name``, ``records_indexed``, ``shadow_index_id``,
+``progress_info.indexing_progress``) are accepted beside them as aliases, because a funnel
+built from those documents sends exactly those. Unknown extra fields are kept, not refused:
+the funnel may add context (``build_config``) without breaking the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, model_validator
+
+NonEmpty = Field(min_length=1, max_length=512)
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
+
+
+class StartedData(_Payload):
+    """``com.oms.indexing.started``: a job begins indexing a branch."""
+
+    job_id: str = NonEmpty
+    branch: str = Field(
+        min_length=1, max_length=512, validation_alias=AliasChoices("branch", "branch_name")
+    )
+    resource_types: list[str] = Field(default_factory=list, max_length=256)
+    indexing_mode: Literal["traditional", "shadow"] = "traditional"
+    index_type: str | None = None
+    heartbeat_interval_s: float | None = Field(None, gt=0, le=86_400)
+    ttl_s: float | None = Field(None, gt=0)
+    service_name: str | None = Field(None, max_length=512)
+    reason: str | None = Field(None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _resource_types_are_names(self) -> "StartedData":
+        if any(not rt or not isinstance(rt, str) for rt in self.resource_types):
+            raise ValueError("resource_types must be non-empty strings")
+        return self
+
+
+class HeartbeatData(_Payload):
+    """``com.oms.indexing.heartbeat`` (and ``.progress``): the job is alive."""
+
+    job_id: str = NonEmpty
+    service_name: str | None = Field(None, max_length=512)
+    status: str = "healthy"
+    progress_percent: float | None = Field(
+        None,
+        ge=0,
+        le=100,
+        validation_alias=AliasChoices(
+            "progress_percent", AliasPath("progress_info", "indexing_progress")
+        ),
+    )
+    estimated_remaining_s: float | None = Field(
+        None,
+        ge=0,
+        validation_alias=AliasChoices(
+            "estimated_remaining_s", AliasPath("progress_info", "estimated_remaining_s")
+        ),
+    )
+    record_count: int | None = Field(
+        None, ge=0, validation_alias=AliasChoices("record_count", "records_indexed")
+    )
+
+
+class JobEnd(_Payload):
+    """A job ends; the seed's shadow completion names the build, not the job."""
+
+    job_id: str | None = Field(None, min_length=1, max_length=512)
+    shadow_index_id: str | None = Field(None, min_length=1, max_length=512)
+    branch: str | None = Field(None, validation_alias=AliasChoices("branch", "branch_name"))
+
+    @model_validator(mode="after")
+    def _names_the_job(self) -> "JobEnd":
+        if not self.job_id and not self.shadow_index_id:
+            raise ValueError("job_id (or shadow_index_id) is required")
+        return self
+
+
+class CompletedData(JobEnd):
+    """``com.oms.indexing.completed`` / ``com.oms.shadow.indexing.completed``."""
+
+    record_count: int | None = Field(
+        None, ge=0, validation_alias=AliasChoices("record_count", "records_indexed")
+    )
+    index_size_bytes: int | None = Field(None, ge=0)
+    location: str | None = None
+
+
+class FailedData(JobEnd):
+    """``com.oms.indexing.failed``."""
+
+    error: str | None = Field(None, max_length=8192)
+
+
+class CancelledData(JobEnd):
+    """``com.oms.indexing.cancelled``."""
+
+    reason: str | None = Field(None, max_length=4096)

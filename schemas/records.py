@@ -1,0 +1,143 @@
+"""Records the store keeps: locks, jobs, the per-branch aggregate, audit, dead letters.
+
+All datetimes are aware UTC. These are plain data; the rules over them live in
+``indexgate.locks``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def new_id() -> str:
+    """A random identifier for locks, audit entries and dead letters."""
+    return uuid.uuid4().hex
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class LockKind(StrEnum):
+    INDEXING = "INDEXING"  # a traditional indexing job holds it for the whole build
+    SWITCH = "SWITCH"  # a shadow switch holds it for the milliseconds of the swap
+
+
+class Health(StrEnum):
+    HEALTHY = "healthy"  # heartbeat within one interval
+    WARNING = "warning"  # up to `missed_heartbeats` intervals late
+    CRITICAL = "critical"  # beyond that, or past its TTL: the lock is dead
+
+
+class ReleaseReason(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TTL_EXPIRED = "TTL_EXPIRED"
+    HEARTBEAT_MISSED = "HEARTBEAT_MISSED"
+    FORCED = "FORCED"
+
+
+class AuditKind(StrEnum):
+    ACQUIRED = "acquired"
+    REFUSED = "refused"
+    RELEASED = "released"
+    EXTENDED = "extended"
+    HEALTH_CHANGED = "health_changed"
+    UNKNOWN_JOB = "unknown_job"  # an event named a job this store never saw
+    IGNORED = "ignored"  # a duplicate, stale or already-finished job's event
+
+
+class Lock(_Record):
+    """One granted lock on ``(branch, resource_type)``; ``resource_type=None`` = branch-wide."""
+
+    lock_id: str = Field(default_factory=new_id)
+    branch: str
+    resource_type: str | None
+    holder: str
+    job_id: str
+    reason: str = ""
+    kind: LockKind = LockKind.INDEXING
+    fencing_token: int
+    acquired_at: datetime
+    expires_at: datetime
+    auto_release: bool = True
+    heartbeat_interval_s: float
+    last_heartbeat: datetime
+    progress_percent: float | None = None
+    estimated_remaining_s: float | None = None
+    holder_status: str | None = None
+    last_health: Health = Health.HEALTHY
+
+
+class JobStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    ENDED = "ENDED"
+    REFUSED = "REFUSED"
+
+
+class JobRecord(_Record):
+    """What the store remembers of a job, so late or repeated events change nothing."""
+
+    job_id: str
+    branch: str
+    status: JobStatus
+    holder: str
+    last_event_time: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str | None = None
+
+
+class BranchState(_Record):
+    """The aggregate: everything one compare-and-swap on a branch changes together.
+
+    ``version`` guards the swap; ``fence`` is the last fencing token issued on the branch.
+    """
+
+    branch: str
+    version: int = 0
+    fence: int = 0
+    locks: list[Lock] = Field(default_factory=list)
+    jobs: list[JobRecord] = Field(default_factory=list)
+
+    def job(self, job_id: str) -> JobRecord | None:
+        return next((job for job in self.jobs if job.job_id == job_id), None)
+
+
+class AuditEntry(_Record):
+    """One transition: who did what to which lock, why and when.
+
+    The entry id is also the id of the outgoing CloudEvent announcing it, so consumers can
+    deduplicate the at-least-once outgoing stream.
+    """
+
+    entry_id: str = Field(default_factory=new_id)
+    at: datetime
+    kind: AuditKind
+    actor: str
+    branch: str | None = None
+    job_id: str | None = None
+    lock_id: str | None = None
+    resource_type: str | None = None
+    fencing_token: int | None = None
+    reason: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+    published: bool = False
+
+
+class DeadLetter(_Record):
+    """A message the worker could not use, kept whole with the reason."""
+
+    letter_id: str = Field(default_factory=new_id)
+    at: datetime
+    reason: str
+    routing_key: str | None = None
+    content_type: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str
+    body_encoding: str = "utf-8"  # or "base64" when the body was not text

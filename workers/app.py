@@ -1,0 +1,83 @@
+"""The Celery app factory and the reliability settings everything depends on.
+
+Why each setting (see also the README's operations section):
+
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acked only after its
+  effect is committed; a SIGKILLed worker's message is redelivered, and the idempotent
+  service makes the second delivery harmless.
+- ``worker_prefetch_multiplier=1``: a crashed worker holds back as few messages as possible.
+- Redis ``visibility_timeout`` (1 h) is far above the longest retry backoff (60 s), so
+  messages waiting for a retry are not redelivered twice.
+- RabbitMQ ``confirm_publish``: the intake acks a funnel message only after the broker
+  confirmed the hand-off task.
+- Task events on, so Flower can show the workers.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import beat_init, celeryd_init, worker_process_init
+
+from beat_schedule import build_schedule
+from indexgate.settings import Settings
+from workers.intake import IntakeStep
+from workers.runtime import reset
+from workers.tasks import register_tasks
+
+TASK_QUEUE = "indexgate.tasks"
+
+
+def transport_options(settings: Settings) -> dict:
+    url = settings.resolved_broker_url
+    if url.startswith("filesystem"):
+        return settings.filesystem_broker_options()
+    if url.startswith(("redis", "rediss")):
+        return {"visibility_timeout": 3600}
+    if url.startswith(("amqp", "pyamqp")):
+        return {"confirm_publish": True}
+    return {}
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A configured Celery app; connects to nothing until a worker or producer starts."""
+    settings = settings or Settings()
+    app = Celery("indexgate", set_as_current=False)
+    app.indexgate_settings = settings  # type: ignore[attr-defined]
+    app.conf.update(
+        broker_url=settings.resolved_broker_url,
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=TASK_QUEUE,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=300,
+        task_soft_time_limit=240,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        beat_schedule=build_schedule(settings),
+        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
+        timezone="UTC",
+        enable_utc=True,
+    )
+    app.steps["consumer"].add(IntakeStep)
+    register_tasks(app)
+    _connect_signals(app)
+    return app
+
+
+def _connect_signals(app: Celery) -> None:
+    def make_dirs(**_) -> None:
+        app.indexgate_settings.ensure_data_dirs()  # type: ignore[attr-defined]
+
+    def fresh_clients(**_) -> None:
+        reset(app)  # connections never cross a fork; new ones open on first use
+
+    celeryd_init.connect(make_dirs, weak=False)
+    beat_init.connect(make_dirs, weak=False)
+    worker_process_init.connect(fresh_clients, weak=False)

@@ -1,0 +1,86 @@
+"""Per-process clients: store, service and publisher, created after fork, never at import.
+
+``runtime(app)`` builds them on first use in each process (the pid is checked, so a
+prefork child never reuses its parent's connections); ``worker_process_init`` builds them
+eagerly in each pool child. The outage tracker makes a store outage one log line, not a
+flood: the first failure logs an error, the recovery logs once more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+from celery import Celery
+
+from events.publisher import Publisher
+from indexgate.service import Service
+from indexgate.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outage:
+    """Remembers whether the store is currently failing, to log each outage once."""
+
+    since_failures: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            self.since_failures += 1
+            first = self.since_failures == 1
+        if first:
+            log.error("store unavailable, events are being retried with backoff: %s", exc)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            failures, self.since_failures = self.since_failures, 0
+        if failures:
+            log.warning("store reachable again after %d failed attempt(s)", failures)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    service: Service
+    publisher: Publisher
+    outage: Outage
+    pid: int
+
+
+_guard = threading.Lock()
+
+
+def settings_of(app: Celery) -> Settings:
+    return app.indexgate_settings  # type: ignore[attr-defined]
+
+
+def runtime(app: Celery) -> Runtime:
+    current = getattr(app, "_indexgate_runtime", None)
+    if current is not None and current.pid == os.getpid():
+        return current
+    with _guard:
+        current = getattr(app, "_indexgate_runtime", None)
+        if current is None or current.pid != os.getpid():
+            current = _build(settings_of(app))
+            app._indexgate_runtime = current  # type: ignore[attr-defined]
+    return current
+
+
+def reset(app: Celery) -> None:
+    """Forget this process's clients (after fork, or in tests)."""
+    current = getattr(app, "_indexgate_runtime", None)
+    if current is not None and current.pid == os.getpid():
+        current.service.store.close()
+        current.publisher.close()
+    app._indexgate_runtime = None  # type: ignore[attr-defined]
+
+
+def _build(settings: Settings) -> Runtime:
+    publisher = Publisher(settings)
+    service = Service.from_settings(settings, notify=publisher.publish_entries)
+    return Runtime(settings, service, publisher, Outage(), os.getpid())

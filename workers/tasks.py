@@ -1,0 +1,71 @@
+"""Thin Celery tasks: validate the payload, call one service function, return.
+
+Cross-cutting policy lives once, in ``IndexgateTask``: at-least-once delivery settings,
+retry with capped exponential backoff while the store is unavailable or contended, and the
+one-line-per-outage logging. Dead-lettering lives in ``events.intake``.
+"""
+
+from __future__ import annotations
+
+import random
+
+from celery import Celery, Task
+
+import beat_schedule as names
+from events.decode import RawMessage
+from events.intake import ingest
+from indexgate.errors import StoreError, StoreUnavailable
+from schemas.records import ReleaseReason
+from workers.intake import INTAKE_TASK
+from workers.runtime import runtime, settings_of
+
+
+class IndexgateTask(Task):
+    acks_late = True  # ack only after the effect is committed
+    reject_on_worker_lost = True  # a killed worker's message goes back to the queue
+    max_retries = None  # a store outage must not lose events: retry until it is back
+
+    def __call__(self, *args, **kwargs):
+        # Celery's tracer sets up self.request; calling run directly keeps retries counted.
+        rt = runtime(self.app)
+        try:
+            result = self.run(*args, **kwargs)
+        except StoreError as exc:
+            if isinstance(exc, StoreUnavailable):
+                rt.outage.failed(exc)
+            raise self.retry(exc=exc, countdown=self.backoff_s(), max_retries=None)
+        rt.outage.succeeded()
+        return result
+
+    def backoff_s(self) -> float:
+        """1, 2, 4 ... seconds, capped at ``store_retry_max_s``, with full jitter."""
+        cap = settings_of(self.app).store_retry_max_s
+        return random.uniform(0, min(cap, 2 ** (self.request.retries or 0)))
+
+
+def register_tasks(app: Celery) -> None:
+    def task(name: str):
+        return app.task(name=name, base=IndexgateTask, bind=True, ignore_result=True)
+
+    @task(name=INTAKE_TASK)
+    def intake(self, raw: dict) -> dict:
+        rt = runtime(self.app)
+        return ingest(rt.service, rt.settings, RawMessage.model_validate(raw)).as_dict()
+
+    @task(name=names.SWEEP_TTL)
+    def sweep_ttl(self) -> int:
+        return len(runtime(self.app).service.sweep([ReleaseReason.TTL_EXPIRED]))
+
+    @task(name=names.SWEEP_HEARTBEATS)
+    def sweep_heartbeats(self) -> int:
+        return len(runtime(self.app).service.sweep([ReleaseReason.HEARTBEAT_MISSED]))
+
+    @task(name=names.HEALTH_SWEEP)
+    def health_sweep(self) -> dict:
+        service = runtime(self.app).service
+        service.refresh_health()
+        return service.summary()
+
+    @task(name=names.RELAY_OUTBOX)
+    def relay_outbox(self) -> int:
+        return runtime(self.app).service.relay_outbox()

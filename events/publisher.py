@@ -18,6 +18,7 @@ from cloudevents.core.v1.event import CloudEvent
 from kombu import Connection, Exchange
 from kombu.pools import producers
 
+from events.fs_transport import TRANSPORT
 from events.outgoing import to_cloudevent
 from indexgate.clock import utcnow
 from indexgate.settings import Settings
@@ -30,8 +31,9 @@ _FORMAT = JSONFormat()
 def broker_connection(settings: Settings) -> Connection:
     """A kombu connection to the configured broker (not yet connected)."""
     settings.ensure_data_dirs()
-    options = settings.filesystem_broker_options() if not settings.broker_url else {}
-    return Connection(settings.resolved_broker_url, transport_options=options)
+    if settings.broker_url:
+        return Connection(settings.broker_url)
+    return Connection("filesystem://", transport=TRANSPORT, transport_options=settings.filesystem_broker_options())
 
 
 def funnel_event(type_: str, data: dict[str, Any], source: str = "indexgate-cli", event_id: str | None = None,

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     )
     funnel_exchange: str = Field("funnel.events", description="Topic exchange the funnel publishes to.")
     intake_queue: str = Field("indexgate.funnel", description="Durable queue bound to funnel_exchange.")
+    task_queue: str = Field("indexgate.tasks", description="Queue of indexgate's own Celery tasks.")
     out_exchange: str = Field("indexgate.events", description="Topic exchange for outgoing events.")
     event_source: str = Field("indexgate", description="CloudEvents `source` of outgoing events.")
     source_allowlist: list[str] = Field(

@@ -19,13 +19,11 @@ from celery import Celery
 from celery.signals import beat_init, celeryd_init, worker_process_init
 
 from beat_schedule import build_schedule
+from events.fs_transport import TRANSPORT
 from indexgate.settings import Settings
 from workers.intake import IntakeStep
 from workers.runtime import reset
 from workers.tasks import register_tasks
-
-TASK_QUEUE = "indexgate.tasks"
-
 
 def transport_options(settings: Settings) -> dict:
     url = settings.resolved_broker_url
@@ -46,12 +44,13 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(
         broker_url=settings.resolved_broker_url,
         broker_transport_options=transport_options(settings),
+        broker_transport=None if settings.broker_url else TRANSPORT,
         broker_connection_retry_on_startup=True,
         result_backend=None,
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_default_queue=TASK_QUEUE,
+        task_default_queue=settings.task_queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -1,0 +1,301 @@
+"""MongoDB adapter (pymongo): the same verbs and semantics as ``SqliteStore``.
+
+The commit point of ``save`` is one conditional single-document write on the branch
+(``version`` compare-and-swap); MongoDB makes that atomic without multi-document
+transactions, so mutual exclusion and fencing hold on any deployment. The commit's other
+writes (audit/outbox rows, job index rows, the event's inbox key) go to other collections
+and therefore happen *after* the CAS. To stay crash-safe they ride along in the CAS itself:
+the update pushes the audit rows onto the branch document's ``pending_audit`` list and the
+inbox key onto ``pending_inbox``; afterwards they are inserted idempotently (deterministic
+``_id``, duplicates ignored) and then pulled from the lists by id. ``$push``/``$pull`` (not a
+whole-document replace) keep a crashed commit's leftovers even when the next commit on the
+branch lands before recovery. ``flush_pending()`` completes any leftovers and runs at the
+start of ``unpublished()``, so the outbox relay repairs a crash on its next poll.
+
+Honest limits: until that repair, a crashed commit's audit entries are missing from
+``audit()`` and its inbox key from ``seen()`` -- the inbox key is written after the branch
+CAS, so an event redelivered in that window is applied again, which the domain's job-level
+idempotency (a repeated ``started``/``ended`` for a known job changes nothing) makes
+harmless. Once the CAS succeeded, ``save`` reports success even if the follow-up writes
+fail (they are logged and left to ``flush_pending``): the state *is* committed, and
+reporting ``StoreUnavailable`` would make the caller treat a durable write as lost. Audit
+``seq`` numbers are reserved before the CAS, so per branch they follow commit order, but a
+slow commit's rows can become visible after a later commit's (at-least-once outbox).
+
+Aggregates and audit entries are kept as JSON-mode documents (ISO strings), because BSON
+dates are millisecond, naive values and the SQLite adapter round-trips microseconds.
+The client is created lazily and re-created after ``fork``; ``mongomock://`` uses an
+in-memory mongomock client for tests. Every driver error leaves as ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, WriteConcern
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.read_concern import ReadConcern
+
+from indexgate.errors import ConfigError, StoreUnavailable, VersionConflict
+from schemas.records import AuditEntry, BranchState, DeadLetter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATABASE = "indexgate"
+SERVER_SELECTION_TIMEOUT_MS = 2000  # an unreachable server becomes StoreUnavailable quickly
+_DUPLICATE_KEY = 11000
+_PENDING = {"$or": [{"pending_audit.0": {"$exists": True}}, {"pending_inbox.0": {"$exists": True}}]}
+
+
+class MongoStore:
+    def __init__(self, url: str, database: str = DEFAULT_DATABASE) -> None:
+        """Remember where to connect; no I/O happens until the first verb."""
+        self.url = url
+        self.database = database
+        self._mock = urlparse(url).scheme == "mongomock"
+        self._client: Any = None  # pymongo.MongoClient or mongomock.MongoClient
+        self._pid = 0
+        self._indexed = False
+        self._mutex = threading.RLock()
+
+    @classmethod
+    def from_url(cls, url: str, database: str | None = None) -> "MongoStore":
+        """``mongodb://[user:pw@]host[,host]/db?opts``, ``mongodb+srv://...`` or ``mongomock://``;
+        the database is the URL path (default ``indexgate``) unless ``database`` is given."""
+        name = urlparse(url).path.lstrip("/").split("/")[0]
+        return cls(url, database or name or DEFAULT_DATABASE)
+
+    @property
+    def host(self) -> str:
+        """The URL's host list without credentials, for error messages."""
+        return urlparse(self.url).netloc.rpartition("@")[2] or "localhost"
+
+    # --- connection ---------------------------------------------------------------
+
+    def _new_client(self) -> Any:
+        if self._mock:
+            try:
+                import mongomock  # test-only dependency
+            except ImportError as exc:
+                raise ConfigError("store URL mongomock:// needs the test-only mongomock package "
+                                  "(pip install 'indexgate[dev]'); use mongodb://host/db otherwise") from exc
+            return mongomock.MongoClient(tz_aware=True)
+        options = {key.lower() for key in parse_qs(urlparse(self.url).query)}
+        kwargs: dict[str, Any] = {"connect": False, "tz_aware": True}
+        if "serverselectiontimeoutms" not in options:  # keyword arguments would override the URL
+            kwargs["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS
+        return MongoClient(self.url, **kwargs)
+
+    def _db(self) -> Database[Any]:
+        with self._mutex:
+            if self._client is None or (not self._mock and self._pid != os.getpid()):
+                # a client must never cross a fork: the child builds its own, never closes the parent's
+                self._client, self._pid, self._indexed = self._new_client(), os.getpid(), False
+            db = self._client[self.database]
+            if not self._indexed:
+                self._create_indexes(db)
+                self._indexed = True
+            return db
+
+    @staticmethod
+    def _create_indexes(db: Database[Any]) -> None:
+        db.branches.create_index("has_locks", partialFilterExpression={"has_locks": True})
+        db.audit.create_index([("seq", DESCENDING)])
+        db.audit.create_index(
+            [("published", ASCENDING), ("seq", ASCENDING)], partialFilterExpression={"published": False}
+        )
+        db.audit.create_index([("branch", ASCENDING), ("seq", DESCENDING)])
+        db.dead_letters.create_index([("seq", DESCENDING)])
+
+    def _col(self, name: str) -> Collection[Any]:
+        """Majority writes everywhere, majority reads of aggregates: nothing a failover can undo."""
+        read = ReadConcern("majority") if name == "branches" else None
+        return self._db().get_collection(name, write_concern=WriteConcern("majority"), read_concern=read)
+
+    @contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        """Turn driver errors into ``StoreUnavailable`` right where they happen."""
+        try:
+            yield
+        except PyMongoError as exc:
+            reason = str(exc)
+            password = urlparse(self.url).password
+            if password:  # never let a driver message leak the URL's secret
+                reason = reason.replace(password, "***")
+            raise StoreUnavailable(
+                f"MongoDB store at {self.host} (database {self.database!r}) unavailable during {what}: "
+                f"{reason}; check that the server is up and reachable and the URL is right"
+            ) from exc
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._client is not None and not self._mock:  # a mongomock client *is* the data
+                if self._pid == os.getpid():
+                    self._client.close()
+                self._client = None
+
+    def ping(self) -> None:
+        with self._call("ping"):
+            if self._mock:
+                self._col("branches").find_one({}, {"_id": 1})
+            else:
+                self._db().client.admin.command("ping")
+
+    # --- aggregates ---------------------------------------------------------------
+
+    def load(self, branch: str) -> BranchState | None:
+        with self._call(f"load of branch {branch}"):
+            raw = self._col("branches").find_one({"_id": branch}, {"doc": 1})
+        return BranchState.model_validate(raw["doc"]) if raw else None
+
+    def save(self, state: BranchState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
+        new = state.model_copy(update={"version": state.version + 1})
+        rows = self._audit_rows(audit)  # seq reserved before the CAS: per-branch commit order
+        fields = {"version": new.version, "has_locks": bool(new.locks), "doc": new.model_dump(mode="json")}
+        inbox = [inbox_key] if inbox_key is not None else []
+        conflict = VersionConflict(f"branch {state.branch} changed since version {state.version}")
+        with self._call(f"save of branch {state.branch}"):
+            branches = self._col("branches")
+            if state.version == 0:
+                try:
+                    branches.insert_one({"_id": state.branch, **fields, "pending_audit": rows, "pending_inbox": inbox})
+                except DuplicateKeyError:
+                    raise conflict from None
+            else:
+                done = branches.update_one(
+                    {"_id": state.branch, "version": state.version},
+                    {"$set": fields, "$push": {"pending_audit": {"$each": rows}, "pending_inbox": {"$each": inbox}}},
+                )
+                if done.matched_count != 1:
+                    raise conflict
+        try:  # committed: the rest is recoverable by flush_pending, so a failure here is not the caller's
+            self._complete(state.branch, rows, [job.job_id for job in new.jobs], inbox)
+        except StoreUnavailable:
+            log.warning("branch %s committed at version %d; its audit/inbox writes wait for flush_pending",
+                        state.branch, new.version, exc_info=True)
+        return new.version
+
+    def record(self, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> None:
+        rows = self._audit_rows(audit)
+        with self._call("record of audit entries"):
+            self._insert_ignoring_duplicates(self._col("audit"), rows)  # inbox last: a crash means redelivery
+            if inbox_key is not None:
+                self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": inbox_key}])
+
+    def flush_pending(self) -> int:
+        """Finish the post-CAS writes a crash left on branch documents; idempotent. Returns
+        how many branches needed it."""
+        with self._call("recovery of pending audit entries"):
+            docs = list(self._col("branches").find(_PENDING, {"pending_audit": 1, "pending_inbox": 1, "doc.jobs": 1}))
+        for raw in docs:
+            jobs = [job["job_id"] for job in raw.get("doc", {}).get("jobs", [])]
+            self._complete(raw["_id"], raw.get("pending_audit", []), jobs, raw.get("pending_inbox", []))
+        return len(docs)
+
+    def _complete(self, branch: str, rows: list[dict[str, Any]], job_ids: list[str], inbox: list[str]) -> None:
+        with self._call(f"audit/inbox writes of branch {branch}"):
+            self._insert_ignoring_duplicates(self._col("audit"), rows)
+            self._insert_ignoring_duplicates(self._col("jobs"), [{"_id": j, "branch": branch} for j in job_ids])
+            self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": key} for key in inbox])
+            if rows or inbox:
+                self._col("branches").update_one(
+                    {"_id": branch},
+                    {"$pull": {"pending_audit": {"_id": {"$in": [r["_id"] for r in rows]}},
+                               "pending_inbox": {"$in": inbox}}},
+                )
+
+    @staticmethod
+    def _insert_ignoring_duplicates(collection: Collection[Any], docs: list[dict[str, Any]]) -> None:
+        """``INSERT OR IGNORE``: only duplicate-key errors are swallowed."""
+        if not docs:
+            return
+        try:
+            collection.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                raise
+
+    def _next_seq(self, name: str, count: int) -> int:
+        """Reserve ``count`` increasing numbers for ``name``; returns the first."""
+        for attempt in range(2):  # two first-ever upserts can race on the counter's _id
+            try:
+                raw = self._col("counters").find_one_and_update(
+                    {"_id": name}, {"$inc": {"n": count}}, upsert=True, return_document=ReturnDocument.AFTER
+                )
+                return int(raw["n"]) - count + 1
+            except DuplicateKeyError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _audit_rows(self, audit: Sequence[AuditEntry]) -> list[dict[str, Any]]:
+        if not audit:
+            return []
+        with self._call("numbering of audit entries"):
+            first = self._next_seq("audit", len(audit))
+        return [
+            {"_id": e.entry_id, "seq": first + i, "at": e.at, "branch": e.branch, "published": e.published,
+             "doc": e.model_dump(mode="json")}
+            for i, e in enumerate(audit)
+        ]
+
+    def seen(self, inbox_key: str) -> bool:
+        with self._call("inbox lookup"):
+            return self._col("inbox").find_one({"_id": inbox_key}, {"_id": 1}) is not None
+
+    def branch_of_job(self, job_id: str) -> str | None:
+        with self._call(f"lookup of job {job_id}"):
+            raw = self._col("jobs").find_one({"_id": job_id})
+        return raw["branch"] if raw else None
+
+    def branches_with_locks(self) -> list[BranchState]:
+        with self._call("listing of locked branches"):
+            docs = list(self._col("branches").find({"has_locks": True}, {"doc": 1}).sort("_id", ASCENDING))
+        return [BranchState.model_validate(raw["doc"]) for raw in docs]
+
+    # --- audit / outbox -----------------------------------------------------------
+
+    def audit(self, limit: int = 100, branch: str | None = None) -> list[AuditEntry]:
+        query = {} if branch is None else {"branch": branch}
+        return [_audit(raw) for raw in self._find("audit", query, DESCENDING, limit)]
+
+    def unpublished(self, limit: int = 500) -> list[AuditEntry]:
+        self.flush_pending()  # the relay's poll doubles as crash recovery
+        return [_audit(raw) for raw in self._find("audit", {"published": False}, ASCENDING, limit)]
+
+    def mark_published(self, entry_ids: Sequence[str]) -> None:
+        if not entry_ids:
+            return
+        with self._call("marking audit entries published"):
+            self._col("audit").update_many({"_id": {"$in": list(entry_ids)}}, {"$set": {"published": True}})
+
+    # --- dead letters -------------------------------------------------------------
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        with self._call("saving a dead letter"):
+            seq = self._next_seq("dead_letters", 1)
+            row = {"_id": letter.letter_id, "seq": seq, "at": letter.at, "doc": letter.model_dump(mode="json")}
+            self._insert_ignoring_duplicates(self._col("dead_letters"), [row])
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return [DeadLetter.model_validate(raw["doc"]) for raw in self._find("dead_letters", {}, DESCENDING, limit)]
+
+    def _find(self, name: str, query: dict[str, Any], order: int, limit: int) -> Iterable[dict[str, Any]]:
+        """``ORDER BY seq LIMIT n`` as SQLite reads it: 0 = nothing, negative = no limit."""
+        if limit == 0:
+            return []
+        with self._call(f"reading {name}"):
+            return list(self._col(name).find(query).sort("seq", order).limit(max(limit, 0)))
+
+
+def _audit(raw: dict[str, Any]) -> AuditEntry:
+    return AuditEntry.model_validate(raw["doc"]).model_copy(update={"published": bool(raw["published"])})

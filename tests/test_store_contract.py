@@ -1,0 +1,342 @@
+"""One contract suite for every store adapter (``indexgate.store.base.Store``).
+
+``sqlite`` runs on a temporary file. ``mongo`` runs against the live server named by
+``MONGODB_URL`` (a fresh database per test, dropped afterwards) and otherwise against
+mongomock -- the parameter id (``mongo[mongomock]`` / ``mongo[live]``) and a line in the
+session output say which, because mongomock proves the adapter's logic, not MongoDB's.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from indexgate.errors import StoreUnavailable, VersionConflict
+from indexgate.store.base import Store
+from indexgate.store.mongo import MongoStore
+from indexgate.store.sqlite import SqliteStore
+from schemas.records import (
+    AuditEntry,
+    AuditKind,
+    BranchState,
+    DeadLetter,
+    JobRecord,
+    JobStatus,
+    Lock,
+)
+
+MONGODB_URL = os.environ.get("MONGODB_URL")
+MONGO_MODE = "live" if MONGODB_URL else "mongomock"
+NOT_LIVE = "MongoDB contract tests ran against mongomock, not a live server (set MONGODB_URL to run them live)"
+T0 = datetime(2024, 5, 17, 9, 30, 15, 123456, tzinfo=timezone.utc)  # microseconds on purpose
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _say_which_mongo(pytestconfig: pytest.Config) -> None:
+    reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
+    line = f"MongoDB contract tests ran against the live server at {_host(MONGODB_URL)}" if MONGODB_URL else NOT_LIVE
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():  # straight to the terminal, even with -q
+        reporter.ensure_newline()
+        reporter.write_line(line, yellow=not MONGODB_URL, bold=True)
+
+
+def _host(url: str | None) -> str:
+    return MongoStore.from_url(url).host if url else "-"
+
+
+def _mongo_store() -> Iterator[MongoStore]:
+    """A live server's fresh database (dropped afterwards) or an in-memory mongomock one."""
+    if MONGODB_URL:
+        adapter = MongoStore.from_url(MONGODB_URL, database=f"indexgate_test_{uuid.uuid4().hex[:12]}")
+    else:
+        adapter = MongoStore.from_url("mongomock://")
+    yield adapter
+    if MONGODB_URL:
+        adapter._db().client.drop_database(adapter.database)
+    adapter.close()
+
+
+@pytest.fixture(params=["sqlite", f"mongo[{MONGO_MODE}]"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        sqlite = SqliteStore(tmp_path / "store.db")
+        yield sqlite
+        sqlite.close()
+    else:
+        yield from _mongo_store()
+
+
+@pytest.fixture(params=[f"mongo[{MONGO_MODE}]"])
+def mongo() -> Iterator[MongoStore]:
+    """The Mongo adapter alone, for behaviour only it has (crash recovery of the post-CAS writes)."""
+    yield from _mongo_store()
+
+
+def test_which_mongodb_the_contract_ran_against() -> None:
+    if not MONGODB_URL:
+        pytest.skip(NOT_LIVE)
+    MongoStore.from_url(MONGODB_URL).ping()
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def a_lock(branch: str, job_id: str = "job-1", resource_type: str | None = "docs", token: int = 1) -> Lock:
+    return Lock(branch=branch, resource_type=resource_type, holder="indexer", job_id=job_id, reason="indexing",
+                fencing_token=token, acquired_at=T0, expires_at=T0 + timedelta(hours=4),
+                heartbeat_interval_s=120.0, last_heartbeat=T0 + timedelta(seconds=30), progress_percent=12.5)
+
+
+def a_state(branch: str = "main", job_id: str = "job-1", locked: bool = True) -> BranchState:
+    job = JobRecord(job_id=job_id, branch=branch, status=JobStatus.ACTIVE, holder="indexer", last_event_time=T0)
+    return BranchState(branch=branch, fence=1, locks=[a_lock(branch, job_id)] if locked else [], jobs=[job])
+
+
+def an_entry(branch: str | None = "main", minute: int = 0, kind: AuditKind = AuditKind.ACQUIRED,
+             published: bool = False) -> AuditEntry:
+    return AuditEntry(at=T0 + timedelta(minutes=minute), kind=kind, actor="funnel", branch=branch,
+                      job_id="job-1", fencing_token=1, reason=f"step {minute}", detail={"n": minute},
+                      published=published)
+
+
+def a_letter(n: int) -> DeadLetter:
+    return DeadLetter(at=T0 + timedelta(seconds=n), reason=f"bad {n}", routing_key="funnel.x",
+                      headers={"h": str(n)}, body=f"body {n}")
+
+
+def saved(store: Store, state: BranchState, *audit: AuditEntry, key: str | None = None) -> BranchState:
+    """Save and return what the caller now holds (state at the new version)."""
+    version = store.save(state, list(audit), key)
+    return state.model_copy(update={"version": version})
+
+
+# --- aggregates ---------------------------------------------------------------------
+
+
+def test_load_of_unknown_branch_is_none(store: Store) -> None:
+    assert store.load("nowhere") is None
+
+
+def test_save_then_load_round_trips_every_field(store: Store) -> None:
+    state = a_state()
+    assert store.save(state, [an_entry()]) == 1
+    loaded = store.load("main")
+    assert loaded == state.model_copy(update={"version": 1})
+    assert loaded is not None
+    lock = loaded.locks[0]
+    assert lock.acquired_at == T0 and lock.acquired_at.utcoffset() == timedelta(0)
+    assert lock.acquired_at.microsecond == 123456
+    assert loaded.jobs[0].last_event_time == T0
+
+
+def test_stale_version_raises_and_leaves_stored_state_unchanged(store: Store) -> None:
+    v1 = saved(store, a_state())
+    v2 = saved(store, v1.model_copy(update={"fence": 2}))
+    assert v2.version == 2
+    with pytest.raises(VersionConflict):
+        store.save(v1.model_copy(update={"fence": 99, "locks": []}), [an_entry(minute=9)], "src|stale")
+    assert store.load("main") == v2
+    assert [e.reason for e in store.audit()] == []  # the loser's audit entry was not written
+    assert not store.seen("src|stale")
+
+
+def test_two_writers_from_the_same_version_exactly_one_wins(store: Store) -> None:
+    base = saved(store, a_state())
+    first = store.load("main")
+    second = store.load("main")
+    assert first == second == base
+    assert first is not None and second is not None
+    outcomes = []
+    for writer, fence in ((first, 10), (second, 20)):
+        try:
+            outcomes.append(store.save(writer.model_copy(update={"fence": fence}), [an_entry(minute=fence)]))
+        except VersionConflict:
+            outcomes.append("conflict")
+    assert outcomes == [2, "conflict"]
+    stored = store.load("main")
+    assert stored is not None and stored.fence == 10 and stored.version == 2
+    assert [e.reason for e in store.audit()] == ["step 10"]
+
+
+def test_insert_race_at_version_zero_one_wins(store: Store) -> None:
+    assert store.save(a_state(job_id="job-a"), [an_entry(minute=1)]) == 1
+    with pytest.raises(VersionConflict):
+        store.save(a_state(job_id="job-b"), [an_entry(minute=2)])
+    stored = store.load("main")
+    assert stored is not None and [j.job_id for j in stored.jobs] == ["job-a"]
+    assert store.branch_of_job("job-b") is None
+    assert [e.reason for e in store.audit()] == ["step 1"]
+
+
+# --- audit / outbox -----------------------------------------------------------------
+
+
+def test_audit_is_newest_first_and_filters_by_branch(store: Store) -> None:
+    main = saved(store, a_state("main"), an_entry("main", 1), an_entry("main", 2))
+    saved(store, a_state("dev", job_id="job-d"), an_entry("dev", 3))
+    saved(store, main, an_entry("main", 4))
+    assert [e.reason for e in store.audit()] == ["step 4", "step 3", "step 2", "step 1"]
+    assert [e.reason for e in store.audit(limit=2)] == ["step 4", "step 3"]
+    assert [e.reason for e in store.audit(branch="main")] == ["step 4", "step 2", "step 1"]
+    assert [e.reason for e in store.audit(branch="dev")] == ["step 3"]
+    assert store.audit(branch="nowhere") == []
+    newest = store.audit(limit=1)[0]
+    assert newest == an_entry("main", 4).model_copy(update={"entry_id": newest.entry_id})
+    assert newest.at == T0 + timedelta(minutes=4)
+
+
+def test_unpublished_oldest_first_and_mark_published(store: Store) -> None:
+    entries = [an_entry(minute=1), an_entry(minute=2, published=True), an_entry(minute=3)]
+    saved(store, a_state(), *entries)
+    store.record([an_entry(None, 4, AuditKind.UNKNOWN_JOB)])
+    assert [e.reason for e in store.unpublished()] == ["step 1", "step 3", "step 4"]
+    assert [e.reason for e in store.unpublished(limit=2)] == ["step 1", "step 3"]
+    store.mark_published([entries[0].entry_id, entries[2].entry_id])
+    left = store.unpublished()
+    assert [e.reason for e in left] == ["step 4"] and not left[0].published
+    assert [e.published for e in store.audit()] == [False, True, True, True]
+    store.mark_published([])
+    assert len(store.unpublished()) == 1
+
+
+def test_record_appends_without_touching_branches(store: Store) -> None:
+    state = saved(store, a_state(), an_entry("main", 1))
+    store.record([an_entry("main", 5, AuditKind.IGNORED, published=True)], "src|ignored")
+    assert store.load("main") == state
+    assert store.load("other") is None
+    assert [(e.kind, e.published) for e in store.audit(branch="main")] == [
+        (AuditKind.IGNORED, True), (AuditKind.ACQUIRED, False)]
+    assert store.seen("src|ignored")
+
+
+def test_inbox_keys_are_seen_after_save_and_record(store: Store) -> None:
+    assert not store.seen("src|1")
+    saved(store, a_state(), an_entry(), key="src|1")
+    store.record([], "src|2")
+    assert store.seen("src|1") and store.seen("src|2")
+    assert not store.seen("src|3")
+    store.record([], "src|2")  # a key seen twice is not an error
+    assert store.seen("src|2")
+
+
+def test_branch_of_job_after_save(store: Store) -> None:
+    assert store.branch_of_job("job-1") is None
+    state = saved(store, a_state("main", job_id="job-1"))
+    second = JobRecord(job_id="job-2", branch="main", status=JobStatus.ENDED, holder="x", ended_at=T0)
+    saved(store, state.model_copy(update={"jobs": [*state.jobs, second]}))
+    saved(store, a_state("dev", job_id="job-3"))
+    assert store.branch_of_job("job-1") == "main"
+    assert store.branch_of_job("job-2") == "main"
+    assert store.branch_of_job("job-3") == "dev"
+    assert store.branch_of_job("job-4") is None
+
+
+def test_branches_with_locks_only_returns_locked_branches_sorted(store: Store) -> None:
+    saved(store, a_state("zeta", job_id="j-z"))
+    saved(store, a_state("idle", job_id="j-i", locked=False))
+    alpha = saved(store, a_state("alpha", job_id="j-a"))
+    assert [s.branch for s in store.branches_with_locks()] == ["alpha", "zeta"]
+    assert store.branches_with_locks()[0] == alpha
+    saved(store, alpha.model_copy(update={"locks": []}))
+    assert [s.branch for s in store.branches_with_locks()] == ["zeta"]
+
+
+def test_dead_letters_round_trip_newest_first(store: Store) -> None:
+    letters = [a_letter(n) for n in range(3)]
+    for letter in letters:
+        store.add_dead_letter(letter)
+    store.add_dead_letter(letters[0])  # the same letter twice is kept once
+    assert store.dead_letters() == list(reversed(letters))
+    assert store.dead_letters(limit=1) == [letters[2]]
+
+
+def test_ping_answers(store: Store) -> None:
+    store.ping()
+
+
+# --- unavailability -----------------------------------------------------------------
+
+
+def test_unreachable_store_raises_store_unavailable(store: Store, tmp_path: Path) -> None:
+    if isinstance(store, SqliteStore):
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("a regular file where a directory should be")
+        broken: Store = SqliteStore(blocker / "store.db")
+    else:  # the real pymongo client, no server needed: nothing listens on port 1
+        broken = MongoStore.from_url("mongodb://user:s3cret@127.0.0.1:1/?serverSelectionTimeoutMS=300")
+    with pytest.raises(StoreUnavailable) as caught:
+        broken.load("main")
+    with pytest.raises(StoreUnavailable):
+        broken.save(a_state(), [an_entry()])
+    if isinstance(broken, MongoStore):
+        assert "127.0.0.1:1" in str(caught.value) and "s3cret" not in str(caught.value)
+        with pytest.raises(StoreUnavailable):
+            broken.ping()
+    broken.close()
+
+
+def test_mongo_store_creation_does_no_io() -> None:
+    lazy = MongoStore.from_url("mongodb://db.invalid:27017/things")
+    assert lazy.database == "things" and lazy._client is None
+    assert MongoStore.from_url("mongodb://h1,h2/?replicaSet=rs").database == "indexgate"
+
+
+# --- MongoDB crash recovery ---------------------------------------------------------
+
+
+def _crash_after_cas(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the post-CAS writes vanish, as if the process died right after the branch write."""
+    monkeypatch.setattr(mongo, "_complete", lambda *args, **kwargs: None)
+
+
+def test_mongo_crash_after_cas_is_recovered_by_unpublished(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    _crash_after_cas(mongo, monkeypatch)
+    state = saved(mongo, a_state(), an_entry(minute=1), an_entry(minute=2), key="src|crash")
+    assert mongo.load("main") == state  # the CAS itself committed
+    assert mongo.audit() == [] and not mongo.seen("src|crash") and mongo.branch_of_job("job-1") is None
+    monkeypatch.undo()  # "restart"
+    assert [e.reason for e in mongo.unpublished()] == ["step 1", "step 2"]
+    assert [e.reason for e in mongo.audit()] == ["step 2", "step 1"]
+    assert mongo.seen("src|crash") and mongo.branch_of_job("job-1") == "main"
+    raw = mongo._col("branches").find_one({"_id": "main"})
+    assert raw is not None and raw["pending_audit"] == [] and raw["pending_inbox"] == []
+    assert mongo.flush_pending() == 0  # nothing left; running it again changes nothing
+    assert len(mongo.audit()) == 2
+
+
+def test_mongo_pending_entries_survive_a_later_commit(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    _crash_after_cas(mongo, monkeypatch)
+    state = saved(mongo, a_state(), an_entry(minute=1), key="src|a")
+    monkeypatch.undo()
+    saved(mongo, state.model_copy(update={"fence": 2}), an_entry(minute=2), key="src|b")  # before any recovery
+    assert [e.reason for e in mongo.unpublished()] == ["step 1", "step 2"]
+    assert mongo.seen("src|a") and mongo.seen("src|b")
+
+
+def test_mongo_recovery_of_partly_inserted_entries_is_idempotent(mongo: MongoStore) -> None:
+    entries = [an_entry(minute=1), an_entry(minute=2)]
+    state = saved(mongo, a_state(), *entries)
+    # a crash after the first insert but before the pull: the rows are both stored and pending
+    rows = list(mongo._col("audit").find({}).sort("seq", 1))
+    mongo._col("branches").update_one({"_id": "main"}, {"$set": {"pending_audit": rows}})
+    assert mongo.flush_pending() == 1
+    assert [e.reason for e in mongo.unpublished()] == ["step 1", "step 2"]
+    assert mongo.load("main") == state
+
+
+def test_mongo_save_reports_success_once_the_cas_committed(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("server went away after the CAS")
+
+    monkeypatch.setattr(mongo, "_complete", down)
+    assert mongo.save(a_state(), [an_entry(minute=1)], "src|late") == 1
+    monkeypatch.undo()
+    assert [e.reason for e in mongo.unpublished()] == ["step 1"] and mongo.seen("src|late")

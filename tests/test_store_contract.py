@@ -80,12 +80,6 @@ def mongo() -> Iterator[MongoStore]:
     yield from _mongo_store()
 
 
-def test_which_mongodb_the_contract_ran_against() -> None:
-    if not MONGODB_URL:
-        pytest.skip(NOT_LIVE)
-    MongoStore.from_url(MONGODB_URL).ping()
-
-
 # --- helpers ------------------------------------------------------------------------
 
 

@@ -45,7 +45,7 @@ class IndexgateTask(Task):
 
 def register_tasks(app: Celery) -> None:
     def task(name: str):
-        return app.task(name=name, base=IndexgateTask, bind=True, ignore_result=True)
+        return app.task(name=name, base=IndexgateTask, bind=True, ignore_result=True, shared=False)
 
     @task(name=INTAKE_TASK)
     def intake(self, raw: dict) -> dict:

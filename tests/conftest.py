@@ -1,0 +1,152 @@
+"""Shared fixtures: real brokers (Redis, RabbitMQ, the embedded one), isolated names.
+
+Tests never use a fake broker. Redis and RabbitMQ must be running (``.ci/run`` starts them);
+if one is unreachable the tests that need it *fail* with a message saying so, they are not
+skipped. Every test gets its own exchange, queue and task-queue names and its own data dir,
+so tests on the shared local brokers never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from indexgate.settings import Settings
+
+REDIS_URL = os.environ.get("INDEXGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+AMQP_URL = os.environ.get("INDEXGATE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+BROKERS = {"redis": REDIS_URL, "rabbitmq": AMQP_URL, "embedded": None}
+FIXTURES = Path(__file__).parent / "fixtures" / "funnel-events"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    mongo = os.environ.get("MONGODB_URL")
+    return [
+        f"indexgate brokers: redis={REDIS_URL} rabbitmq={AMQP_URL} embedded=filesystem://",
+        "MongoDB: live server from MONGODB_URL" if mongo
+        else "MongoDB: NOT live - the Mongo adapter's contract tests run against mongomock",
+    ]
+
+
+def require_reachable(url: str) -> None:
+    """Fail (not skip) with an actionable message when a broker is down."""
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 0), timeout=2).close()
+    except OSError as exc:
+        pytest.fail(f"broker {parsed.scheme}://{parsed.hostname}:{parsed.port} unreachable ({exc}); "
+                    "start it (see .ci/run) - these tests need the real broker")
+
+
+def isolated_settings(data_dir: Path, broker_url: str | None, **overrides) -> Settings:
+    suffix = uuid.uuid4().hex[:10]
+    return Settings(
+        data_dir=data_dir, broker_url=broker_url, store_url=None,
+        funnel_exchange=f"test.funnel.{suffix}", intake_queue=f"test.intake.{suffix}",
+        task_queue=f"test.tasks.{suffix}", out_exchange=f"test.out.{suffix}", **overrides,
+    )
+
+
+def purge_names(settings: Settings) -> None:
+    """Delete the test's queues and exchanges on a shared broker."""
+    if not settings.broker_url:
+        return
+    with Connection(settings.broker_url) as conn:
+        channel = conn.default_channel
+        for name in (settings.intake_queue, settings.task_queue, f"{settings.out_exchange}.probe"):
+            try:
+                Queue(name, channel=channel).delete()
+            except Exception:  # never declared in this test
+                channel = conn.channel()
+        for name in (settings.funnel_exchange, settings.out_exchange):
+            try:
+                Exchange(name, channel=channel).delete()
+            except Exception:
+                channel = conn.channel()
+
+
+@pytest.fixture(params=list(BROKERS))
+def broker_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings on each real broker in turn (redis, rabbitmq, embedded) with a SQLite store."""
+    url = BROKERS[request.param]
+    if url:
+        require_reachable(url)
+    settings = isolated_settings(tmp_path, url)
+    settings.ensure_data_dirs()
+    yield settings
+    purge_names(settings)
+
+
+@contextmanager
+def running_worker(settings: Settings):
+    """Celery's own in-process test worker (solo pool) with the intake bootstep, no Docker."""
+    from celery.contrib.testing.worker import start_worker
+
+    from workers.app import create_app
+    from workers.runtime import reset
+
+    app = create_app(settings)
+    with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=10):
+        yield app
+    reset(app)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a subprocess (worker, CLI) use ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INDEXGATE_")}
+    env.update({
+        "INDEXGATE_DATA_DIR": str(settings.data_dir),
+        "INDEXGATE_STORE_URL": settings.resolved_store_url,
+        "INDEXGATE_FUNNEL_EXCHANGE": settings.funnel_exchange,
+        "INDEXGATE_INTAKE_QUEUE": settings.intake_queue,
+        "INDEXGATE_TASK_QUEUE": settings.task_queue,
+        "INDEXGATE_OUT_EXCHANGE": settings.out_exchange,
+    })
+    if settings.broker_url:
+        env["INDEXGATE_BROKER_URL"] = settings.broker_url
+    return env
+
+
+@contextmanager
+def worker_processes(settings: Settings, count: int, concurrency: int = 2):
+    """``count`` real ``celery -A workers worker`` processes (prefork), stopped afterwards."""
+    import subprocess
+    import sys
+    import time
+
+    from workers.app import create_app
+
+    env = settings_env(settings)
+    procs = []
+    for i in range(count):
+        log = open(settings.data_dir / f"worker{i}.log", "w")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-P", "prefork", f"-c{concurrency}",
+             "-l", "WARNING", "-n", f"w{i}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
+        ))
+    app = create_app(settings)
+    try:
+        deadline = time.monotonic() + 60
+        while len(app.control.ping(timeout=1.0) or []) < count:
+            dead = [p for p in procs if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                logs = "\n".join((settings.data_dir / f"worker{i}.log").read_text()[-2000:] for i in range(count))
+                raise AssertionError(f"workers did not all come up:\n{logs}")
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

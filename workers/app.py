@@ -16,7 +16,7 @@ Why each setting (see also the README's operations section):
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import beat_init, celeryd_init, worker_process_init
+from celery.signals import worker_process_init
 
 from beat_schedule import build_schedule
 from events.fs_transport import TRANSPORT
@@ -77,6 +77,6 @@ def _connect_signals(app: Celery) -> None:
     def fresh_clients(**_) -> None:
         reset(app)  # connections never cross a fork; new ones open on first use
 
-    celeryd_init.connect(make_dirs, weak=False)
-    beat_init.connect(make_dirs, weak=False)
+    # on first configuration load (worker, beat, flower start), never at import
+    app.on_after_configure.connect(make_dirs, weak=False)
     worker_process_init.connect(fresh_clients, weak=False)

@@ -15,7 +15,14 @@ from pydantic import BaseModel, ValidationError
 from events.decode import IncomingEvent
 from indexgate.errors import MalformedEvent
 from indexgate.service import Origin, Outcome, Service
-from schemas.payloads import CancelledData, CompletedData, FailedData, HeartbeatData, StartedData
+from schemas.payloads import (
+    CancelledData,
+    CompletedData,
+    FailedData,
+    HeartbeatData,
+    StartedData,
+    SwitchRequestData,
+)
 from schemas.records import ReleaseReason
 
 Handler = Callable[[Service, BaseModel, Origin], Outcome]
@@ -48,6 +55,9 @@ ROUTES: dict[str, Route] = {
     ),
     "com.oms.indexing.failed": Route(FailedData, _end(ReleaseReason.FAILED), "the job failed"),
     "com.oms.indexing.cancelled": Route(CancelledData, _end(ReleaseReason.CANCELLED), "the job was cancelled"),
+    "com.oms.shadow.switch.requested": Route(
+        SwitchRequestData, lambda s, d, o: s.shadows.switch_requested(d, o), "switch a BUILT shadow index in"
+    ),
 }
 
 

@@ -14,7 +14,7 @@ import logging
 from events import catalog
 from events.decode import RawMessage, decode
 from indexgate.clock import utcnow
-from indexgate.errors import MalformedEvent, StoreError
+from indexgate.errors import MalformedEvent, OperatorError, TransientError
 from indexgate.service import Outcome, Service
 from indexgate.settings import Settings
 from schemas.records import DeadLetter
@@ -28,7 +28,9 @@ def ingest(service: Service, settings: Settings, raw: RawMessage) -> Outcome:
         return catalog.apply(service, event)
     except MalformedEvent as exc:
         return dead_letter(service, raw, str(exc))
-    except StoreError:
+    except OperatorError as exc:  # a well-formed event asking for the impossible
+        return dead_letter(service, raw, f"cannot be applied: {exc}")
+    except TransientError:
         raise
     except Exception as exc:  # a bug must not lose the event nor kill the worker
         log.exception("internal error while applying an event; it is dead-lettered")

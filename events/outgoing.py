@@ -19,6 +19,11 @@ OUTGOING_TYPES: dict[AuditKind, str] = {
     AuditKind.RELEASED: TYPE_PREFIX + "released",
     AuditKind.EXTENDED: TYPE_PREFIX + "extended",
     AuditKind.HEALTH_CHANGED: TYPE_PREFIX + "health_changed",
+    AuditKind.SHADOW_STATE: "com.indexgate.shadow.state_changed",
+    AuditKind.SHADOW_REFUSED: "com.indexgate.shadow.refused",
+    AuditKind.SWITCHED: "com.indexgate.shadow.switched",
+    AuditKind.SWITCH_FAILED: "com.indexgate.shadow.switch_failed",
+    AuditKind.ROLLED_BACK: "com.indexgate.shadow.rolled_back",
 }
 
 

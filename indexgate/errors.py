@@ -6,12 +6,16 @@
     ├── ConfigError                 a setting cannot be used (bad URL scheme, ...)
     ├── MalformedEvent              an incoming event cannot be decoded or validated;
     │                               it is dead-lettered with this message as the reason
-    ├── StoreError
-    │   ├── StoreUnavailable        the store cannot be reached or is locked; retry later
-    │   └── VersionConflict         a compare-and-swap lost a race; reload and reapply
+    ├── TransientError              retry later: the task layer retries these with backoff
+    │   ├── StoreError
+    │   │   ├── StoreUnavailable    the store cannot be reached or is locked
+    │   │   └── VersionConflict     a compare-and-swap lost a race; reload and reapply
+    │   └── SwitchInProgress        another switch of the same index holds the claim
     └── OperatorError               an operator action cannot be done as asked
         ├── LockNotFound
-        └── InvalidRequest
+        ├── InvalidRequest
+        ├── InvalidTransition       a shadow build cannot move to that state now
+        └── StaleFencingToken       a pointer update older than the last one applied
 
 Messages say what happened and what to do about it, because the reader is an operator.
 """
@@ -31,7 +35,15 @@ class MalformedEvent(IndexgateError):
     """An incoming event is not a valid funnel CloudEvent; the message is the reason."""
 
 
-class StoreError(IndexgateError):
+class TransientError(IndexgateError):
+    """A condition that passes: the same request later may well succeed."""
+
+
+class SwitchInProgress(TransientError):
+    """Another switch of this index is running (or crashed and its claim has not expired)."""
+
+
+class StoreError(TransientError):
     """Something went wrong talking to the store."""
 
 
@@ -53,3 +65,11 @@ class LockNotFound(OperatorError):
 
 class InvalidRequest(OperatorError):
     """The request's arguments do not make sense (e.g. a negative extension)."""
+
+
+class InvalidTransition(OperatorError):
+    """The shadow build's state does not allow the requested change."""
+
+
+class StaleFencingToken(OperatorError):
+    """A pointer update carried a fencing token no newer than the last one applied."""

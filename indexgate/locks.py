@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable
+from typing import Any, Iterable
 
 from pydantic import BaseModel
 
@@ -51,7 +51,7 @@ class Policy:
 class Transition:
     """The result of one rule: the new state and what it did."""
 
-    state: BranchState
+    state: Any  # BranchState here, IndexState in indexgate.shadows
     audit: list[AuditEntry] = field(default_factory=list)
 
     _touched: bool = False
@@ -69,7 +69,7 @@ class Transition:
         self._touched = True
 
 
-_NO_CHANGE = frozenset({AuditKind.IGNORED, AuditKind.UNKNOWN_JOB, AuditKind.REFUSED})
+_NO_CHANGE = frozenset({AuditKind.IGNORED, AuditKind.UNKNOWN_JOB, AuditKind.REFUSED, AuditKind.SHADOW_REFUSED})
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from indexgate import locks
 from indexgate.clock import Clock, utcnow
 from indexgate.errors import LockNotFound, VersionConflict
 from indexgate.locks import AcquireRequest, Decision, HeartbeatUpdate, LockView, Policy, Transition
 from indexgate.settings import Settings
+from indexgate.shadow_service import Shadows, SwitchPolicy
 from indexgate.store import Store, open_store
 from schemas.payloads import HeartbeatData, StartedData, JobEnd
 from schemas.records import AuditEntry, AuditKind, BranchState, DeadLetter, Health, ReleaseReason
@@ -61,15 +62,25 @@ def policy_from(settings: Settings) -> Policy:
 
 
 class Service:
-    def __init__(self, store: Store, policy: Policy, clock: Clock = utcnow, notify: Notify | None = None) -> None:
+    def __init__(self, store: Store, policy: Policy, clock: Clock = utcnow, notify: Notify | None = None,
+                 switch: SwitchPolicy | None = None) -> None:
         self.store = store
         self.policy = policy
         self.clock = clock
         self.notify = notify  # called with each commit's audit entries (outgoing events)
+        self.shadows = Shadows(self, switch or SwitchPolicy())
 
     @classmethod
     def from_settings(cls, settings: Settings, notify: Notify | None = None) -> "Service":
-        return cls(open_store(settings), policy_from(settings), notify=notify)
+        return cls(open_store(settings), policy_from(settings), notify=notify, switch=SwitchPolicy.from_settings(settings))
+
+    def acquire(self, branch: str, request: AcquireRequest, origin: Origin) -> Outcome:
+        """Grant locks directly (the switch lock); events go through ``start``."""
+        return self._mutate(branch, lambda s, now: locks.acquire(s, request, now, self.policy), origin)
+
+    def release(self, branch: str, job_id: str, reason: ReleaseReason, origin: Origin) -> Outcome:
+        return self._mutate(branch, lambda s, now: locks.release_job(s, job_id, reason, origin.actor, now,
+                                                                     self.policy), origin)
 
     # --- events ---------------------------------------------------------------------
 
@@ -78,8 +89,7 @@ class Service:
 
     def start(self, data: StartedData, origin: Origin) -> Outcome:
         if data.indexing_mode == "shadow":
-            return self._record_only(origin, AuditKind.IGNORED, data.branch, data.job_id,
-                                     "shadow-mode builds take no lock; shadow builds are not handled by this version")
+            return self.shadows.register(data, origin)
         request = AcquireRequest(
             job_id=data.job_id,
             holder=data.service_name or origin.actor,
@@ -89,20 +99,22 @@ class Service:
             heartbeat_interval_s=data.heartbeat_interval_s,
             event_time=origin.time,
         )
-        return self._mutate(data.branch, lambda s, now: locks.acquire(s, request, now, self.policy), origin)
+        return self.acquire(data.branch, request, origin)
 
     def heartbeat(self, data: HeartbeatData, origin: Origin) -> Outcome:
         update = HeartbeatUpdate(
             job_id=data.job_id, status=data.status, progress_percent=data.progress_percent,
             estimated_remaining_s=data.estimated_remaining_s, event_time=origin.time,
         )
-        return self._for_job(data.job_id, origin, lambda s, now: locks.heartbeat(s, update, now, self.policy))
+        return self._for_job(data.job_id, origin, lambda s, now: locks.heartbeat(s, update, now, self.policy),
+                             lambda: self.shadows.progress(data, origin))
 
     def end_job(self, data: JobEnd, reason: ReleaseReason, origin: Origin) -> Outcome:
         job_id = data.job_id or data.shadow_index_id or ""
         detail = data.model_dump(exclude_none=True, exclude={"job_id", "shadow_index_id", "branch"})
         return self._for_job(job_id, origin, lambda s, now: locks.release_job(
-            s, job_id, reason, origin.actor, now, self.policy, detail))
+            s, job_id, reason, origin.actor, now, self.policy, detail),
+            lambda: self.shadows.finish(job_id, data, reason, origin))
 
     # --- operators ------------------------------------------------------------------
 
@@ -152,9 +164,13 @@ class Service:
             entries += self._mutate(state.branch, rule, Origin(actor=locks.SWEEPER)).audit
         return entries
 
-    def _for_job(self, job_id: str, origin: Origin, rule: Callable[[BranchState, datetime], Transition]) -> Outcome:
+    def _for_job(self, job_id: str, origin: Origin, rule: Callable[[BranchState, datetime], Transition],
+                 shadow: Callable[[], Outcome]) -> Outcome:
+        """Apply ``rule`` to the job's branch; shadow builds' jobs go to ``shadow`` instead."""
         branch = self.store.branch_of_job(job_id)
         if branch is None:
+            if self.store.index_of(job_id) is not None:
+                return shadow()
             return self._record_only(origin, AuditKind.UNKNOWN_JOB, None, job_id,
                                      f"event {origin.key} names job {job_id}, which this store never saw")
         return self._mutate(branch, rule, origin)
@@ -170,21 +186,27 @@ class Service:
         return Outcome(status=str(kind), detail=why, audit=[entry])
 
     def _mutate(self, branch: str, rule: Callable[[BranchState, datetime], Transition], origin: Origin) -> Outcome:
+        return self.cas_loop(lambda: self.store.load(branch) or BranchState(branch=branch), self.store.save,
+                             rule, origin, branch)
+
+    def cas_loop(self, load: Callable[[], Any], save: Callable[..., int], rule: Callable[[Any, datetime], Transition],
+                 origin: Origin, name: str) -> Outcome:
+        """Load -> pure rule -> conditional save, again on a lost race; then announce."""
         for _ in range(CAS_ATTEMPTS):
-            state = self.store.load(branch) or BranchState(branch=branch)
+            state = load()
             transition = rule(state, self.clock())
             for entry in transition.audit:
                 entry.published = entry.kind in _NOT_ANNOUNCED
             try:
                 if transition.changed:
-                    self.store.save(transition.state, transition.audit, origin.key)
+                    save(transition.state, transition.audit, origin.key)
                 else:
                     self.store.record(transition.audit, origin.key)
             except VersionConflict:
                 continue
             self._announce(transition.audit)
             return _outcome(transition)
-        raise VersionConflict(f"branch {branch} kept changing during {CAS_ATTEMPTS} attempts; will retry")
+        raise VersionConflict(f"{name} kept changing during {CAS_ATTEMPTS} attempts; will retry")
 
     def _announce(self, entries: Sequence[AuditEntry]) -> None:
         due = [entry for entry in entries if not entry.published]

@@ -7,6 +7,7 @@ kombu's ``filesystem://`` transport and the store is SQLite, both under ``data_d
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +63,24 @@ class Settings(BaseSettings):
     health_sweep_interval_s: float = Field(60, description="Beat: health summary period.")
     outbox_relay_interval_s: float = Field(
         10, description="Beat: re-publish outgoing events a crash left unsent."
+    )
+    switch_strategy: Literal["pointer", "filesystem"] = Field(
+        "pointer", description="pointer: the swap is one store write; filesystem: also an atomic symlink swap."
+    )
+    index_links_dir: Path | None = Field(
+        None, description="filesystem strategy: where <branch>/<index_type>/current links live (default data_dir/indexes)."
+    )
+    switch_lock_ttl_s: float = Field(60, description="TTL of the short switch lock.")
+    switch_lock_heartbeat_interval_s: float = Field(
+        2, description="A crashed switch's lock and claim die after missed_heartbeats x this."
+    )
+    max_shrink_fraction: float = Field(
+        0.5, description="SIZE_COMPARISON fails when the new index is smaller by more than this fraction."
+    )
+    auto_switch: bool = Field(False, description="Switch a shadow in as soon as its build completes.")
+    default_index_type: str = Field("SEARCH_INDEX", description="index_type when `started` gives none.")
+    fault_kill_at: str | None = Field(
+        None, description="Crash tests only: SIGKILL the worker at this switch step. Never set in production."
     )
     job_retention_s: float = Field(
         7 * 86_400, description="How long finished jobs are remembered (duplicate guard)."

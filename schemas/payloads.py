@@ -30,6 +30,7 @@ class StartedData(_Payload):
     resource_types: list[str] = Field(default_factory=list, max_length=256)
     indexing_mode: Literal["traditional", "shadow"] = "traditional"
     index_type: str | None = None
+    shadow_index_id: str | None = Field(None, min_length=1, max_length=512)
     heartbeat_interval_s: float | None = Field(None, gt=0, le=86_400)
     ttl_s: float | None = Field(None, gt=0)
     service_name: str | None = Field(None, max_length=512)
@@ -102,3 +103,25 @@ class CancelledData(JobEnd):
     """``com.oms.indexing.cancelled``."""
 
     reason: str | None = Field(None, max_length=4096)
+
+
+class SwitchRequestData(_Payload):
+    """``com.oms.shadow.switch.requested``: switch a BUILT shadow in."""
+
+    shadow_index_id: str | None = Field(None, min_length=1, max_length=512)
+    job_id: str | None = Field(None, min_length=1, max_length=512)
+    force: bool = False
+    validation_checks: list[str] = Field(
+        default_factory=lambda: ["RECORD_COUNT_VALIDATION", "SIZE_COMPARISON", "INTEGRITY_CHECK"]
+    )
+    backup_current: bool = True
+
+    @model_validator(mode="after")
+    def _names_the_build(self) -> "SwitchRequestData":
+        if not self.shadow_index_id and not self.job_id:
+            raise ValueError("shadow_index_id (or job_id) is required")
+        return self
+
+    @property
+    def ref(self) -> str:
+        return self.shadow_index_id or self.job_id or ""

@@ -51,6 +51,11 @@ class AuditKind(StrEnum):
     HEALTH_CHANGED = "health_changed"
     UNKNOWN_JOB = "unknown_job"  # an event named a job this store never saw
     IGNORED = "ignored"  # a duplicate, stale or already-finished job's event
+    SHADOW_STATE = "shadow_state"  # a shadow build changed state (detail: from, to)
+    SHADOW_REFUSED = "shadow_refused"  # a second build for an index while one is in flight
+    SWITCHED = "switched"  # the active pointer moved to a new index (detail: durations)
+    SWITCH_FAILED = "switch_failed"  # validation, a busy branch or verification stopped it
+    ROLLED_BACK = "rolled_back"  # the previous index is active again
 
 
 class Lock(_Record):

@@ -14,7 +14,7 @@ from celery import Celery, Task
 import beat_schedule as names
 from events.decode import RawMessage
 from events.intake import ingest
-from indexgate.errors import StoreError, StoreUnavailable
+from indexgate.errors import StoreUnavailable, TransientError
 from schemas.records import ReleaseReason
 from workers.intake import INTAKE_TASK
 from workers.runtime import runtime, settings_of
@@ -30,7 +30,7 @@ class IndexgateTask(Task):
         rt = runtime(self.app)
         try:
             result = self.run(*args, **kwargs)
-        except StoreError as exc:
+        except TransientError as exc:
             if isinstance(exc, StoreUnavailable):
                 rt.outage.failed(exc)
             raise self.retry(exc=exc, countdown=self.backoff_s(), max_retries=None)
@@ -58,7 +58,8 @@ def register_tasks(app: Celery) -> None:
 
     @task(name=names.SWEEP_HEARTBEATS)
     def sweep_heartbeats(self) -> int:
-        return len(runtime(self.app).service.sweep([ReleaseReason.HEARTBEAT_MISSED]))
+        service = runtime(self.app).service
+        return len(service.sweep([ReleaseReason.HEARTBEAT_MISSED])) + len(service.shadows.sweep())
 
     @task(name=names.HEALTH_SWEEP)
     def health_sweep(self) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Protocol, Sequence
 
 from schemas.records import AuditEntry, BranchState, DeadLetter
+from schemas.shadows import IndexState
 
 
 class Store(Protocol):
@@ -27,6 +28,21 @@ class Store(Protocol):
     ) -> int:
         """Write ``state`` if the stored version is still ``state.version``; return the new
         version. Raises ``VersionConflict`` when another writer got there first."""
+
+    def load_index(self, key: str) -> IndexState | None:
+        """The ``(branch, index_type)`` aggregate (shadow builds + active pointer), or None."""
+
+    def save_index(
+        self, state: IndexState, audit: Sequence[AuditEntry], inbox_key: str | None = None
+    ) -> int:
+        """Compare-and-swap of an index aggregate, like ``save``; also indexes each build's
+        job id and shadow id for ``index_of``."""
+
+    def index_of(self, ref: str) -> str | None:
+        """The index key (``branch|index_type``) of a build's job id or shadow id."""
+
+    def indexes(self) -> list[IndexState]:
+        """Every index aggregate (listings, sweeps)."""
 
     def record(self, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> None:
         """Append audit entries (and mark an event seen) without changing any aggregate."""

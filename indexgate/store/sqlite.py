@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 
 from indexgate.errors import StoreUnavailable, VersionConflict
 from schemas.records import AuditEntry, BranchState, DeadLetter
+from schemas.shadows import IndexState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS branches (
@@ -34,6 +35,8 @@ CREATE TABLE IF NOT EXISTS audit (
     branch TEXT, published INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_unpublished ON audit(published, seq) WHERE published = 0;
 CREATE INDEX IF NOT EXISTS audit_branch ON audit(branch, seq);
+CREATE TABLE IF NOT EXISTS indexes (key TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS index_refs (ref TEXT PRIMARY KEY, key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, letter_id TEXT UNIQUE NOT NULL, at TEXT NOT NULL,
     doc TEXT NOT NULL);
@@ -106,26 +109,55 @@ class SqliteStore:
 
     def save(self, state: BranchState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
         new = state.model_copy(update={"version": state.version + 1})
-        doc = new.model_dump_json()
         with self._tx(write=True) as conn:
-            if state.version == 0:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO branches (branch, version, has_locks, doc) VALUES (?, 1, ?, ?)",
-                    (state.branch, int(bool(new.locks)), doc),
-                )
-            else:
-                cur = conn.execute(
-                    "UPDATE branches SET version = ?, has_locks = ?, doc = ? WHERE branch = ? AND version = ?",
-                    (new.version, int(bool(new.locks)), doc, state.branch, state.version),
-                )
-            if cur.rowcount != 1:
-                raise VersionConflict(f"branch {state.branch} changed since version {state.version}")
+            self._cas(conn, "branches", "branch", state.branch, state.version, new.model_dump_json(),
+                      {"has_locks": int(bool(new.locks))})
             conn.executemany(
                 "INSERT OR IGNORE INTO jobs (job_id, branch) VALUES (?, ?)",
                 [(job.job_id, state.branch) for job in new.jobs],
             )
             self._append(conn, audit, inbox_key)
         return new.version
+
+    def load_index(self, key: str) -> IndexState | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT doc FROM indexes WHERE key = ?", (key,)).fetchone()
+        return IndexState.model_validate_json(row[0]) if row else None
+
+    def save_index(self, state: IndexState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
+        new = state.model_copy(update={"version": state.version + 1})
+        with self._tx(write=True) as conn:
+            self._cas(conn, "indexes", "key", state.key, state.version, new.model_dump_json(), {})
+            refs = {ref for build in new.builds for ref in (build.job_id, build.shadow_index_id)}
+            conn.executemany("INSERT OR IGNORE INTO index_refs (ref, key) VALUES (?, ?)", [(r, state.key) for r in refs])
+            self._append(conn, audit, inbox_key)
+        return new.version
+
+    def index_of(self, ref: str) -> str | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT key FROM index_refs WHERE ref = ?", (ref,)).fetchone()
+        return row[0] if row else None
+
+    def indexes(self) -> list[IndexState]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute("SELECT doc FROM indexes ORDER BY key").fetchall()
+        return [IndexState.model_validate_json(row[0]) for row in rows]
+
+    @staticmethod
+    def _cas(conn: sqlite3.Connection, table: str, key_col: str, key: str, version: int, doc: str,
+             extra: dict[str, int]) -> None:
+        """Insert at version 0, else update only if the stored version is still ``version``."""
+        if version == 0:
+            names = ", ".join([key_col, "version", "doc", *extra])
+            marks = ", ".join("?" * (3 + len(extra)))
+            cur = conn.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})",
+                               (key, 1, doc, *extra.values()))
+        else:
+            sets = ", ".join(["version = ?", "doc = ?", *(f"{c} = ?" for c in extra)])
+            cur = conn.execute(f"UPDATE {table} SET {sets} WHERE {key_col} = ? AND version = ?",
+                               (version + 1, doc, *extra.values(), key, version))
+        if cur.rowcount != 1:
+            raise VersionConflict(f"{table} {key} changed since version {version}")
 
     def record(self, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> None:
         with self._tx(write=True) as conn:

@@ -1,0 +1,101 @@
+"""Index locations on disk: integrity facts for validation, reachability, symlink swaps.
+
+An index location is a directory (a path or ``file://`` URL) holding the index files and a
+``manifest.json`` of ``{"record_count": N, "files": {"name": "sha256hex"}}``. This module
+does the I/O; the decisions are made in ``indexgate.shadows`` from the facts it returns.
+
+The **filesystem** switch strategy keeps ``<links_dir>/<branch>/<index_type>/current`` as a
+symlink to the active index and swaps it with ``os.replace`` of a freshly made link: a
+reader resolving ``current`` sees the old index or the new one, never no index. The link
+of the previous index is kept as ``previous`` (the backup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import quote, urlparse
+
+from indexgate.shadows import LocationFacts
+
+MANIFEST = "manifest.json"
+
+
+def as_path(location: str | None) -> Path | None:
+    if not location:
+        return None
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme and len(parsed.scheme) > 1:  # es://, s3://: not a local directory
+        return None
+    return Path(location)
+
+
+def inspect(location: str | None) -> LocationFacts:
+    """Does the location exist, and do its files match its manifest?"""
+    path = as_path(location)
+    if path is None:
+        return LocationFacts(False, False, f"location {location!r} is not a local directory")
+    if not path.is_dir():
+        return LocationFacts(False, False, f"{path} does not exist")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        files: dict[str, str] = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return LocationFacts(True, False, f"{path / MANIFEST} unreadable: {exc}")
+    for name, digest in files.items():
+        target = path / name
+        if not target.is_file() or _sha256(target) != digest:
+            return LocationFacts(True, False, f"{target} is missing or does not match its checksum")
+    return LocationFacts(True, True, f"{len(files)} file(s) match {MANIFEST}")
+
+
+def reachable(location: str | None) -> bool:
+    """Post-switch verification: the index can be opened (directory and manifest present)."""
+    path = as_path(location)
+    return path is not None and (path / MANIFEST).is_file()
+
+
+def write_index(path: Path, records: int) -> str:
+    """Create a small valid index directory (for the demo, tests and benchmarks)."""
+    path.mkdir(parents=True, exist_ok=True)
+    data = path / "records.jsonl"
+    data.write_text("".join(json.dumps({"id": n}) + "\n" for n in range(records)))
+    (path / MANIFEST).write_text(json.dumps({"record_count": records, "files": {data.name: _sha256(data)}}))
+    return str(path)
+
+
+def link_dir(links_dir: Path, branch: str, index_type: str) -> Path:
+    return links_dir / quote(branch, safe="") / quote(index_type, safe="")
+
+
+def swap_link(links_dir: Path, branch: str, index_type: str, location: str | None) -> Path:
+    """Atomically point ``current`` at ``location``; the old target becomes ``previous``."""
+    folder = link_dir(links_dir, branch, index_type)
+    folder.mkdir(parents=True, exist_ok=True)
+    current = folder / "current"
+    target = as_path(location)
+    if target is None:
+        raise ValueError(f"the filesystem strategy needs a local directory, got {location!r}")
+    if current.is_symlink():
+        _replace_link(folder / "previous", Path(os.readlink(current)))
+    _replace_link(current, target)
+    return current
+
+
+def _replace_link(link: Path, target: Path) -> None:
+    temporary = link.with_name(f".{link.name}.{uuid.uuid4().hex}")
+    temporary.symlink_to(target, target_is_directory=True)
+    os.replace(temporary, link)  # atomic: the link always exists, old or new
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,322 @@
+"""Shadow builds and the atomic switch: use cases over the store, like ``service``.
+
+The switch, step by step (each step is one atomic store write, so a crash between any two
+leaves the pointer at the old index or the new one, never none):
+
+1. validate the BUILT shadow (record count, size vs active, manifest integrity) - before
+   any lock: the shadow is immutable once built, so validation need not block writes;
+2. claim: BUILT -> SWITCHING, the compare-and-swap that lets exactly one switch win;
+3. take the short switch lock on the affected resource types (writes denied from here:
+   the blackout) and get its fencing token;
+4. swap the active pointer (old one kept as backup), carrying that token; the store
+   refuses a token older than the last applied;
+5. verify the new index is reachable, or swap back (automatic rollback);
+6. release the switch lock (blackout ends), record ``switch_duration_ms`` and
+   ``blackout_ms``.
+
+A crashed switcher's lock and claim both expire at the lock's heartbeat deadline, after
+which the switch can simply be requested again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from pydantic import BaseModel
+
+from indexgate import locations, shadows
+from indexgate.errors import IndexgateError, InvalidRequest, InvalidTransition, StaleFencingToken, SwitchInProgress
+from indexgate.locks import AcquireRequest, Transition
+from indexgate.settings import Settings
+from schemas.payloads import HeartbeatData, JobEnd, StartedData, SwitchRequestData
+from schemas.records import AuditKind, LockKind, ReleaseReason
+from schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState, index_key
+
+if TYPE_CHECKING:
+    from indexgate.service import Origin, Outcome, Service
+
+log = logging.getLogger(__name__)
+SWITCHER = "indexgate-switch"
+
+
+@dataclass(frozen=True)
+class SwitchPolicy:
+    strategy: Literal["pointer", "filesystem"] = "pointer"
+    links_dir: Path | None = None
+    lock_ttl_s: float = 60.0
+    lock_heartbeat_interval_s: float = 2.0
+    missed_heartbeats: int = 3
+    max_shrink_fraction: float = 0.5
+    auto_switch: bool = False
+    default_index_type: str = "SEARCH_INDEX"
+    fault_kill_at: str | None = None  # crash tests only: SIGKILL this process at that step
+
+    @property
+    def claim_s(self) -> float:
+        """A claim lives exactly as long as an unrefreshed switch lock."""
+        return self.lock_heartbeat_interval_s * self.missed_heartbeats
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "SwitchPolicy":
+        return cls(strategy=s.switch_strategy, links_dir=s.index_links_dir or s.data_dir / "indexes",
+                   lock_ttl_s=s.switch_lock_ttl_s, lock_heartbeat_interval_s=s.switch_lock_heartbeat_interval_s,
+                   missed_heartbeats=s.missed_heartbeats, max_shrink_fraction=s.max_shrink_fraction,
+                   auto_switch=s.auto_switch, default_index_type=s.default_index_type, fault_kill_at=s.fault_kill_at)
+
+
+class SwitchResult(BaseModel):
+    status: Literal["switched", "validation_failed", "refused", "branch_busy", "rolled_back"]
+    shadow_index_id: str
+    branch: str
+    index_type: str
+    detail: str = ""
+    checks: list[shadows.CheckResult] = []
+    fencing_token: int | None = None
+    switch_duration_ms: float | None = None
+    blackout_ms: float | None = None
+
+
+class Shadows:
+    def __init__(self, service: "Service", policy: SwitchPolicy,
+                 inspect: Callable[[str | None], shadows.LocationFacts] = locations.inspect,
+                 verify: Callable[[str | None], bool] = locations.reachable,
+                 on_step: Callable[[str], None] | None = None) -> None:
+        self.service = service
+        self.policy = policy
+        self.inspect = inspect
+        self.verify = verify
+        self.on_step = on_step
+
+    # --- events -------------------------------------------------------------------------
+
+    def register(self, data: StartedData, origin: "Origin") -> "Outcome":
+        index_type = data.index_type or self.policy.default_index_type
+        request = shadows.BuildRequest(
+            shadow_index_id=getattr(data, "shadow_index_id", None) or f"shadow-{data.job_id}", job_id=data.job_id,
+            index_type=index_type, resource_types=tuple(data.resource_types), holder=data.service_name or origin.actor,
+            heartbeat_interval_s=data.heartbeat_interval_s, event_time=origin.time)
+        return self._mutate(index_key(data.branch, index_type),
+                            lambda s, now: shadows.register(s, request, now, self.service.policy), origin)
+
+    def progress(self, data: HeartbeatData, origin: "Origin") -> "Outcome":
+        return self._mutate(self._key_of(data.job_id), lambda s, now: shadows.progress(
+            s, data.job_id, now, self.service.policy, percent=data.progress_percent, record_count=data.record_count,
+            eta_s=data.estimated_remaining_s, event_time=origin.time), origin)
+
+    def finish(self, ref: str, data: JobEnd, reason: ReleaseReason, origin: "Origin") -> "Outcome":
+        key = self._key_of(ref)
+        if reason is ReleaseReason.COMPLETED:
+            outcome = self._mutate(key, lambda s, now: shadows.complete(
+                s, ref, now, self.service.policy, record_count=getattr(data, "record_count", None),
+                index_size_bytes=getattr(data, "index_size_bytes", None), location=getattr(data, "location", None)),
+                origin)
+            if self.policy.auto_switch and outcome.status == "applied":
+                self._auto_switch(ref)
+            return outcome
+        to = ShadowState.FAILED if reason is ReleaseReason.FAILED else ShadowState.CANCELLED
+        why = getattr(data, "error", None) or getattr(data, "reason", None) or str(reason)
+        return self._mutate(key, lambda s, now: shadows.end(s, ref, to, why, origin.actor, now, self.service.policy),
+                            origin)
+
+    def switch_requested(self, data: SwitchRequestData, origin: "Origin") -> "Outcome":
+        from indexgate.service import Outcome
+
+        result = self.switch(data.ref, force=data.force, checks=data.validation_checks, backup=data.backup_current,
+                             actor=origin.actor, retry_if_busy=True)
+        if origin.key:
+            self.service.store.record([], origin.key)
+        return Outcome(status=result.status, detail=result.detail)
+
+    # --- the switch ---------------------------------------------------------------------
+
+    def switch(self, ref: str, *, force: bool = False, checks: list[str] | tuple[str, ...] = shadows.CHECKS,
+               backup: bool = True, actor: str = SWITCHER, retry_if_busy: bool = False) -> SwitchResult:
+        """Validate, claim, lock, swap, verify, unlock. See the module docstring."""
+        started = perf_counter()
+        key = self._key_of(ref)
+        state = self._load(key)
+        build = shadows._get(state, ref)
+        result = SwitchResult(status="switched", shadow_index_id=build.shadow_index_id, branch=state.branch,
+                              index_type=state.index_type)
+        if not force:
+            result.checks = shadows.validate(build, state.active, self.inspect(build.location), checks,
+                                             self.policy.max_shrink_fraction)
+            failed = [c for c in result.checks if not c.passed]
+            if failed:
+                why = "validation failed: " + "; ".join(f"{c.check}: {c.detail}" for c in failed)
+                self._mutate(key, lambda s, now: _note_failure(s, ref, why, now), _origin())
+                return result.model_copy(update={"status": "validation_failed", "detail": why})
+        self._step("validated")
+        try:
+            self._mutate(key, lambda s, now: shadows.claim_switch(s, ref, now, self.service.policy, self.policy.claim_s),
+                         _origin())
+        except InvalidTransition as exc:
+            if retry_if_busy and "SWITCHING" in str(exc):
+                raise SwitchInProgress(f"{exc}; retrying once the other switch ends or its claim expires") from exc
+            return result.model_copy(update={"status": "refused", "detail": str(exc)})
+        self._step("claimed")
+        return self._locked_swap(key, build, result, backup, started)
+
+    def _locked_swap(self, key: str, build: ShadowBuild, result: SwitchResult, backup: bool,
+                     started: float) -> SwitchResult:
+        ref, branch = build.shadow_index_id, build.branch
+        job = f"switch-{ref}-{uuid.uuid4().hex[:8]}"
+        granted = self._switch_lock(branch, job, build.resource_types, f"switching {build.index_type} to {ref}")
+        if granted is None:
+            why = f"branch busy: a lock holds {', '.join(build.resource_types) or branch}"
+            self._mutate(key, lambda s, now: shadows.unclaim(s, ref, why, now), _origin())
+            return result.model_copy(update={"status": "branch_busy", "detail": why})
+        blackout_start = perf_counter()
+        self._step("locked")
+        status, detail = "switched", f"{ref} is active"
+        try:
+            self._mutate(key, lambda s, now: shadows.swap(s, ref, granted, now, keep_backup=backup), _origin())
+            self._step("swapped")
+            self._link(build.branch, build.index_type, build.location)
+            if not self.verify(build.location):
+                status, detail = "rolled_back", f"{build.location} is not reachable after the switch; rolled back"
+                self._mutate(key, lambda s, now: shadows.undo_swap(s, ref, detail, now), _origin())
+                restored = self._load(key).active
+                self._link(build.branch, build.index_type, restored.location if restored else None)
+            self._step("verified")
+        except (StaleFencingToken, InvalidTransition) as exc:
+            status, detail = "refused", str(exc)
+            self._mutate(key, lambda s, now: shadows.unclaim(s, ref, detail, now), _origin())
+        finally:
+            self.service.release(branch, job, ReleaseReason.COMPLETED, _origin())
+            blackout_ms = (perf_counter() - blackout_start) * 1000
+        self._step("unlocked")
+        switch_ms = (perf_counter() - started) * 1000
+        self._mutate(key, lambda s, now: shadows.record_switch(s, ref, switch_ms, blackout_ms, now), _origin())
+        return result.model_copy(update={"status": status, "detail": detail, "fencing_token": granted,
+                                         "switch_duration_ms": round(switch_ms, 3), "blackout_ms": round(blackout_ms, 3)})
+
+    def rollback(self, branch: str, index_type: str, actor: str, why: str) -> SwitchResult:
+        """Re-activate the newest backup, under a switch lock, with a new fencing token."""
+        key = index_key(branch, index_type)
+        state = self._load(key)
+        current = state.build(state.active.shadow_index_id) if state.active else None
+        job = f"rollback-{uuid.uuid4().hex[:8]}"
+        token = self._switch_lock(branch, job, current.resource_types if current else [], f"rollback: {why}")
+        if token is None:
+            raise InvalidRequest(f"{branch} is locked by an indexing job; roll back once it ends")
+        blackout_start = perf_counter()
+        try:
+            self._mutate(key, lambda s, now: shadows.rollback(s, token, actor, why, now), _origin(actor))
+            restored = self._load(key).active
+            self._link(branch, index_type, restored.location if restored else None)
+        finally:
+            self.service.release(branch, job, ReleaseReason.COMPLETED, _origin())
+        blackout_ms = (perf_counter() - blackout_start) * 1000
+        return SwitchResult(status="rolled_back", shadow_index_id=restored.shadow_index_id if restored else "",
+                            branch=branch, index_type=index_type, detail=why, fencing_token=token,
+                            blackout_ms=round(blackout_ms, 3))
+
+    def cancel(self, ref: str, actor: str, why: str) -> "Outcome":
+        return self._mutate(self._key_of(ref), lambda s, now: shadows.end(
+            s, ref, ShadowState.CANCELLED, why, actor, now, self.service.policy), _origin(actor))
+
+    # --- reads and sweeps ---------------------------------------------------------------
+
+    def builds(self) -> list[tuple[ShadowBuild, ShadowState]]:
+        now = self.service.clock()
+        return [(b, shadows.effective_state(b, now, self.service.policy))
+                for state in self.service.store.indexes() for b in state.builds]
+
+    def status(self, ref: str) -> dict[str, Any]:
+        state = self._load(self._key_of(ref))
+        build = shadows._get(state, ref)
+        return status_json(build, shadows.effective_state(build, self.service.clock(), self.service.policy))
+
+    def current(self, branch: str, index_type: str) -> IndexPointer | None:
+        state = self.service.store.load_index(index_key(branch, index_type))
+        return state.active if state else None
+
+    def sweep(self) -> list:
+        entries = []
+        for state in self.service.store.indexes():
+            entries += self._mutate(state.key, lambda s, now: shadows.sweep(s, now, self.service.policy),
+                                    _origin()).audit
+        return entries
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _switch_lock(self, branch: str, job: str, resource_types: list[str], reason: str) -> int | None:
+        """Take the switch lock; its highest fencing token, or None if the branch is busy."""
+        request = AcquireRequest(job_id=job, holder=SWITCHER, resource_types=tuple(resource_types) or (None,),
+                                 reason=reason, ttl_s=self.policy.lock_ttl_s,
+                                 heartbeat_interval_s=self.policy.lock_heartbeat_interval_s, kind=LockKind.SWITCH)
+        outcome = self.service.acquire(branch, request, _origin())
+        tokens = [e.fencing_token for e in outcome.audit if e.kind is AuditKind.ACQUIRED and e.fencing_token]
+        return max(tokens) if outcome.status == "applied" and tokens else None
+
+    def _link(self, branch: str, index_type: str, location: str | None) -> None:
+        if self.policy.strategy == "filesystem" and location and self.policy.links_dir:
+            locations.swap_link(self.policy.links_dir, branch, index_type, location)
+            self._step("linked")
+
+    def _auto_switch(self, ref: str) -> None:
+        try:
+            result = self.switch(ref, actor="auto-switch")
+            log.info("auto-switch of %s: %s %s", ref, result.status, result.detail)
+        except IndexgateError as exc:
+            log.warning("auto-switch of %s did not run: %s", ref, exc)
+
+    def _step(self, name: str) -> None:
+        if self.policy.fault_kill_at == name:
+            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the crash tests
+        if self.on_step is not None:
+            self.on_step(name)
+
+    def _key_of(self, ref: str) -> str:
+        key = self.service.store.index_of(ref)
+        if key is None:
+            raise InvalidRequest(f"no shadow build {ref}; `indexgate shadows list` shows them")
+        return key
+
+    def _load(self, key: str) -> IndexState:
+        state = self.service.store.load_index(key)
+        if state is None:
+            raise InvalidRequest(f"no index {key}")
+        return state
+
+    def _mutate(self, key: str, rule: Callable[[IndexState, datetime], Transition], origin: "Origin") -> "Outcome":
+        branch, _, index_type = key.rpartition("|")
+        store = self.service.store
+        return self.service.cas_loop(lambda: store.load_index(key) or IndexState(branch=branch, index_type=index_type),
+                                     store.save_index, rule, origin, key)
+
+
+def _origin(actor: str = SWITCHER) -> "Origin":
+    from indexgate.service import Origin
+
+    return Origin(actor=actor)
+
+
+def _note_failure(state: IndexState, ref: str, why: str, now: datetime) -> Transition:
+    transition = Transition(state)
+    transition.note(shadows._entry(AuditKind.SWITCH_FAILED, now, SWITCHER, state, state.build(ref), why))
+    return transition
+
+
+def status_json(build: ShadowBuild, state: ShadowState) -> dict[str, Any]:
+    """The stable ``--json`` shape of a shadow build (field names as in the seed design)."""
+    return {
+        "shadow_index_id": build.shadow_index_id, "job_id": build.job_id, "branch_name": build.branch,
+        "index_type": build.index_type, "state": str(state), "build_progress_percent": build.build_progress_percent,
+        "switch_ready": state is ShadowState.BUILT, "record_count": build.record_count,
+        "index_size_bytes": build.index_size_bytes, "location": build.location,
+        "created_at": build.created_at.isoformat(),
+        "completed_at": build.completed_at.isoformat() if build.completed_at else None,
+        "switched_at": build.switched_at.isoformat() if build.switched_at else None,
+        "switch_fencing_token": build.switch_fencing_token, "switch_duration_ms": build.switch_duration_ms,
+        "blackout_ms": build.blackout_ms, "failure_reason": build.failure_reason,
+    }

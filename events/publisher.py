@@ -15,7 +15,7 @@ from typing import Any, Literal, Sequence
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, to_binary, to_structured
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
-from kombu import Connection, Exchange
+from kombu import Connection, Exchange, Queue
 from kombu.pools import producers
 
 from events.fs_transport import TRANSPORT
@@ -51,6 +51,15 @@ def encode(event: CloudEvent, mode: Mode = "structured") -> RabbitMQMessage:
     return to_binary(event, _FORMAT) if mode == "binary" else to_structured(event, _FORMAT)
 
 
+def intake_queue(settings: Settings) -> Queue:
+    """The durable queue bound to the funnel's topic exchange with ``#``, so nothing goes
+    unseen (unknown types are dead-lettered, not silently unrouted). Both the worker and
+    the funnel-side publisher declare it: an event published before any worker ever ran
+    waits in the queue instead of being dropped by an exchange with no binding."""
+    exchange = Exchange(settings.funnel_exchange, type="topic", durable=True)
+    return Queue(settings.intake_queue, exchange, routing_key="#", durable=True)
+
+
 class Publisher:
     """Publishes CloudEvents to a topic exchange; one lazily opened connection per process."""
 
@@ -64,14 +73,14 @@ class Publisher:
             self._connection = broker_connection(self.settings)
         return self._connection
 
-    def send(self, exchange_name: str, routing_key: str, message: RabbitMQMessage) -> None:
+    def send(self, exchange_name: str, routing_key: str, message: RabbitMQMessage, declare: list | None = None) -> None:
         exchange = Exchange(exchange_name, type="topic", durable=True)
         with producers[self.connection].acquire(block=True, timeout=10) as producer:
             producer.publish(
                 message.body,
                 exchange=exchange,
                 routing_key=routing_key,
-                declare=[exchange],
+                declare=[exchange, *(declare or [])],
                 content_type=message.content_type,
                 content_encoding="utf-8",
                 headers=dict(message.headers),
@@ -82,7 +91,8 @@ class Publisher:
 
     def publish_funnel(self, event: CloudEvent, mode: Mode = "structured") -> None:
         """What the funnel does: one event on ``funnel.events``, routing key = type."""
-        self.send(self.settings.funnel_exchange, event.get_type(), encode(event, mode))
+        self.send(self.settings.funnel_exchange, event.get_type(), encode(event, mode),
+                  declare=[intake_queue(self.settings)])
 
     def publish_entries(self, entries: Sequence[AuditEntry]) -> None:
         """Announce transitions on ``indexgate.events`` (structured mode)."""

@@ -7,66 +7,15 @@ argument), 3 denied (``check``), 4 store unreachable - so a script never confuse
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 import sys
-from functools import wraps
-from typing import Any, Callable
 
 import click
 
-from indexgate.errors import IndexgateError, OperatorError, StoreUnavailable
-from indexgate.locks import LockView
-from indexgate.service import Outcome, Service
+from indexgate.cli_common import EXIT_DENIED, emit, guarded, lock_json, operator_name, service
+from indexgate.cli_shadows import index, shadows
+from indexgate.service import Outcome
 from indexgate.settings import Settings
-
-EXIT_DENIED = 3
-EXIT_STORE_UNAVAILABLE = 4
-
-
-def lock_json(v: LockView) -> dict[str, Any]:
-    """The stable flat shape of a lock in ``--json`` output."""
-    return v.lock.model_dump(mode="json") | {
-        "health": str(v.health),
-        "in_force": v.in_force,
-        "death_reason": str(v.death_reason) if v.death_reason else None,
-        "heartbeat_deadline": v.heartbeat_deadline.isoformat(),
-        "seconds_since_heartbeat": v.seconds_since_heartbeat,
-    }
-
-
-def _emit(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2, default=str))
-
-
-def _operator() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
-def _guarded(fn: Callable) -> Callable:
-    """Turn indexgate errors into one readable line and the documented exit code."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except StoreUnavailable as exc:
-            click.echo(f"store unreachable: {exc}", err=True)
-            sys.exit(EXIT_STORE_UNAVAILABLE)
-        except OperatorError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except IndexgateError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper
-
-
-def _service() -> Service:
-    return Service.from_settings(Settings())
-
 
 @click.group()
 @click.version_option(package_name="indexgate")
@@ -102,14 +51,14 @@ def demo(data_dir: str | None) -> None:
 @click.argument("resource_type")
 @click.option("--action", default="write", show_default=True, help="read and draft are always allowed.")
 @click.option("--json", "as_json", is_flag=True)
-@_guarded
+@guarded
 def check(branch: str, resource_type: str, action: str, as_json: bool) -> None:
     """May ACTION on RESOURCE_TYPE of BRANCH proceed now? Exit 0 allowed, 3 denied, 4 unknown."""
-    decision = _service().check(branch, None if resource_type in {"*", "-"} else resource_type, action)
+    decision = service().check(branch, None if resource_type in {"*", "-"} else resource_type, action)
     if as_json:
         payload = decision.model_dump(mode="json", exclude={"blocking"})
         payload["blocking_lock"] = lock_json(decision.blocking) if decision.blocking else None
-        _emit(payload)
+        emit(payload)
     else:
         click.echo(("ALLOWED: " if decision.allowed else "DENIED: ") + decision.message)
     if not decision.allowed:
@@ -124,12 +73,12 @@ def locks() -> None:
 @locks.command("list")
 @click.option("--branch", default=None)
 @click.option("--json", "as_json", is_flag=True)
-@_guarded
+@guarded
 def locks_list(branch: str | None, as_json: bool) -> None:
     """Every stored lock with its health (dead ones until a sweep removes them)."""
-    views = _service().list_locks(branch)
+    views = service().list_locks(branch)
     if as_json:
-        return _emit([lock_json(v) for v in views])
+        return emit([lock_json(v) for v in views])
     if not views:
         click.echo("no locks")
     for v in views:
@@ -142,12 +91,12 @@ def locks_list(branch: str | None, as_json: bool) -> None:
 @locks.command("show")
 @click.argument("lock_id")
 @click.option("--json", "as_json", is_flag=True)
-@_guarded
+@guarded
 def locks_show(lock_id: str, as_json: bool) -> None:
     """One lock, every field."""
-    payload = lock_json(_service().show(lock_id))
+    payload = lock_json(service().show(lock_id))
     if as_json:
-        return _emit(payload)
+        return emit(payload)
     for key, value in payload.items():
         click.echo(f"{key:24} {value}")
 
@@ -155,29 +104,29 @@ def locks_show(lock_id: str, as_json: bool) -> None:
 @locks.command("health")
 @click.argument("lock_id")
 @click.option("--json", "as_json", is_flag=True)
-@_guarded
+@guarded
 def locks_health(lock_id: str, as_json: bool) -> None:
     """Heartbeat health of one lock: healthy, warning or critical."""
-    v = _service().show(lock_id)
+    v = service().show(lock_id)
     payload = {"lock_id": lock_id, "health": str(v.health), "in_force": v.in_force,
                "death_reason": str(v.death_reason) if v.death_reason else None,
                "seconds_since_heartbeat": v.seconds_since_heartbeat,
                "heartbeat_deadline": v.heartbeat_deadline.isoformat(),
                "expires_at": v.lock.expires_at.isoformat()}
     if as_json:
-        return _emit(payload)
+        return emit(payload)
     click.echo(f"{lock_id}: {v.health} ({v.seconds_since_heartbeat:.1f} s since last heartbeat; "
                f"deadline {payload['heartbeat_deadline']})")
 
 
 @locks.command("summary")
 @click.option("--json", "as_json", is_flag=True)
-@_guarded
+@guarded
 def locks_summary(as_json: bool) -> None:
     """Counts of locks by health."""
-    counts = _service().summary()
+    counts = service().summary()
     if as_json:
-        return _emit(counts)
+        return emit(counts)
     click.echo("  ".join(f"{key}={value}" for key, value in counts.items()))
 
 
@@ -190,20 +139,20 @@ def _report(outcome: Outcome) -> None:
 @click.option("--by-s", type=float, required=True, help="Seconds to add to the TTL.")
 @click.option("--reason", required=True, help="Why; kept in the audit trail.")
 @click.option("--operator", default=None, help="Who (default: user@host).")
-@_guarded
+@guarded
 def locks_extend(lock_id: str, by_s: float, reason: str, operator: str | None) -> None:
     """Extend a live lock's TTL (bounded by INDEXGATE_MAX_TTL_S after acquisition)."""
-    _report(_service().extend(lock_id, by_s, operator or _operator(), reason))
+    _report(service().extend(lock_id, by_s, operator or operator_name(), reason))
 
 
 @locks.command("release")
 @click.argument("lock_id")
 @click.option("--reason", required=True, help="Why; kept in the audit trail.")
 @click.option("--operator", default=None, help="Who (default: user@host).")
-@_guarded
+@guarded
 def locks_release(lock_id: str, reason: str, operator: str | None) -> None:
     """Force-release a lock (reason FORCED)."""
-    _report(_service().force_release(lock_id, operator or _operator(), reason))
+    _report(service().force_release(lock_id, operator or operator_name(), reason))
 
 
 @main.command()
@@ -237,12 +186,12 @@ def deadletters() -> None:
 @deadletters.command("list")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@_guarded
+@guarded
 def deadletters_list(limit: int, as_json: bool) -> None:
     """Newest first."""
-    letters = _service().store.dead_letters(limit)
+    letters = service().store.dead_letters(limit)
     if as_json:
-        return _emit([letter.model_dump(mode="json") for letter in letters])
+        return emit([letter.model_dump(mode="json") for letter in letters])
     if not letters:
         click.echo("no dead letters")
     for letter in letters:
@@ -253,15 +202,19 @@ def deadletters_list(limit: int, as_json: bool) -> None:
 @click.option("--branch", default=None)
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@_guarded
+@guarded
 def audit(branch: str | None, limit: int, as_json: bool) -> None:
     """The audit trail: who did what to which lock, why and when (newest first)."""
-    entries = _service().store.audit(limit, branch)
+    entries = service().store.audit(limit, branch)
     if as_json:
-        return _emit([entry.model_dump(mode="json") for entry in entries])
+        return emit([entry.model_dump(mode="json") for entry in entries])
     for e in entries:
         click.echo(f"{e.at:%Y-%m-%dT%H:%M:%S}Z  {e.kind:14} {e.branch or '-'}:{e.resource_type or '*'}  "
                    f"job={e.job_id or '-'} token={e.fencing_token or '-'} by={e.actor}  {e.reason or ''}")
+
+
+main.add_command(shadows)
+main.add_command(index)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,22 +13,15 @@ from __future__ import annotations
 import logging
 
 from celery import bootsteps
-from kombu import Consumer, Exchange, Queue
+from kombu import Consumer
 
 from events.decode import RawMessage
+from events.publisher import intake_queue
 from workers.runtime import settings_of
 
 log = logging.getLogger(__name__)
 
 INTAKE_TASK = "indexgate.intake"
-
-
-def intake_queue(app) -> Queue:
-    """The durable queue bound to the funnel's topic exchange; ``#`` so nothing goes unseen
-    (unknown types are dead-lettered, not silently unrouted)."""
-    settings = settings_of(app)
-    exchange = Exchange(settings.funnel_exchange, type="topic", durable=True)
-    return Queue(settings.intake_queue, exchange, routing_key="#", durable=True)
 
 
 class IntakeStep(bootsteps.ConsumerStep):
@@ -38,7 +31,7 @@ class IntakeStep(bootsteps.ConsumerStep):
 
     def get_consumers(self, channel):
         prefetch = settings_of(self.app).intake_prefetch
-        return [Consumer(channel, queues=[intake_queue(self.app)], on_message=self.on_message,
+        return [Consumer(channel, queues=[intake_queue(settings_of(self.app))], on_message=self.on_message,
                          prefetch_count=prefetch, accept=None)]
 
     def on_message(self, message) -> None:

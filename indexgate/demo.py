@@ -21,6 +21,8 @@ from celery.contrib.testing.worker import start_worker
 
 from events.publisher import Publisher, funnel_event
 from indexgate.locks import heartbeat_deadline
+from indexgate.errors import IndexgateError
+from indexgate.locations import write_index
 from indexgate.service import Service
 from indexgate.settings import Settings
 from schemas.records import AuditKind
@@ -153,11 +155,52 @@ def _scenario(service: Service, publisher: Publisher, tl: Timeline) -> int:
     acquired = [e for e in service.store.audit(500, BRANCH) if e.kind is AuditKind.ACQUIRED and e.job_id == "job-2"]
     tl.expect(len(acquired) == 1, "the duplicate start changed nothing (one grant for job-2)")
     tl.say("DEMO", f"summary {service.summary()}; audit entries on {BRANCH}: {len(service.store.audit(500, BRANCH))}")
+    _shadow_scenario(service, send, worker_news, tl)
     if tl.failures:
         tl.say("DEMO", f"FAILED: {len(tl.failures)} step(s) did not happen as expected")
         return 1
     tl.say("DEMO", "done: every step happened as expected")
     return 0
+
+
+def _shadow_scenario(service: Service, send: Callable, worker_news: Callable[[], None], tl: Timeline) -> None:
+    """A shadow build while writes stay allowed, then the switch and its measured blackout."""
+    folder = Path(service.shadows.policy.links_dir or ".").parent / "demo-indexes"
+    tl.say("DEMO", "--- shadow index: build beside the live one, switch in for milliseconds ---")
+    for n, job in enumerate(("search-v1", "search-v2"), start=1):
+        send("com.oms.indexing.started", {"job_id": job, "branch": BRANCH, "resource_types": ["object_type", "link_type"],
+                                          "indexing_mode": "shadow", "index_type": "SEARCH_INDEX",
+                                          "service_name": "funnel-service", "heartbeat_interval_s": 5})
+        wait_for(lambda: _state(service, job) == "PREPARING")
+        send("com.oms.indexing.heartbeat", {"job_id": job, "service_name": "funnel-service", "status": "healthy",
+                                            "progress_percent": 50, "record_count": 5_000 * n})
+        wait_for(lambda: _state(service, job) == "BUILDING")
+        during = service.check(BRANCH, "object_type", "write")
+        tl.say("DEVELOPER", f"may I write object_type while {job} builds? -> {'ALLOWED' if during.allowed else 'DENIED'}")
+        tl.expect(during.allowed, f"writes allowed while {job} is BUILDING")
+        location = write_index(folder / job, 10_000 * n)
+        send("com.oms.indexing.completed", {"job_id": job, "record_count": 10_000 * n,
+                                            "index_size_bytes": 50_000_000 * n, "location": location})
+        wait_for(lambda: _state(service, job) == "BUILT")
+        send("com.oms.shadow.switch.requested", {"job_id": job})
+        wait_for(lambda: _state(service, job) == "ACTIVE" and service.shadows.status(job)["blackout_ms"] is not None)
+        worker_news()
+        status = service.shadows.status(job)
+        pointer = service.shadows.current(BRANCH, "SEARCH_INDEX")
+        tl.say("WORKER", f"SWITCHED       {status['shadow_index_id']} active (token {pointer.fencing_token if pointer else '-'}): "
+                         f"writes blocked {status['blackout_ms']} ms, switch {status['switch_duration_ms']} ms "
+                         f"(the old way froze the branch for ~30 min)")
+        tl.expect(pointer is not None and pointer.shadow_index_id == status["shadow_index_id"],
+                  f"{job} is the active index after its switch")
+    backups = service.store.load_index(f"{BRANCH}|SEARCH_INDEX")
+    tl.say("DEMO", f"backup kept for rollback: {[b.shadow_index_id for b in backups.backups] if backups else []}")
+
+
+def _state(service: Service, job: str) -> str | None:
+    try:
+        return service.shadows.status(job)["state"]
+    except IndexgateError:
+        return None
 
 
 def short(data: dict) -> str:

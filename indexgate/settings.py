@@ -101,9 +101,10 @@ class Settings(BaseSettings):
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.data_dir / 'indexgate.db'}"
 
-    def filesystem_broker_options(self) -> dict[str, str]:
+    def filesystem_broker_options(self) -> dict[str, str | float]:
         """Folders of the embedded broker; the control folder holds exchange bindings."""
-        return {key: str(value) for key, value in self._broker_folders().items()}
+        folders = {key: str(value) for key, value in self._broker_folders().items()}
+        return folders | {"polling_interval": 0.1}  # kombu's default of 1 s adds a second per hop
 
     def ensure_data_dirs(self) -> None:
         """Create data_dir and the embedded broker's folders; called before connecting."""

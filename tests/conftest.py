@@ -20,6 +20,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 
 from indexgate.settings import Settings
+from workers.processes import settings_env, worker_processes  # noqa: F401 (re-exported for tests)
 
 REDIS_URL = os.environ.get("INDEXGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 AMQP_URL = os.environ.get("INDEXGATE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -98,55 +99,3 @@ def running_worker(settings: Settings):
         yield app
     reset(app)
 
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a subprocess (worker, CLI) use ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INDEXGATE_")}
-    env.update({
-        "INDEXGATE_DATA_DIR": str(settings.data_dir),
-        "INDEXGATE_STORE_URL": settings.resolved_store_url,
-        "INDEXGATE_FUNNEL_EXCHANGE": settings.funnel_exchange,
-        "INDEXGATE_INTAKE_QUEUE": settings.intake_queue,
-        "INDEXGATE_TASK_QUEUE": settings.task_queue,
-        "INDEXGATE_OUT_EXCHANGE": settings.out_exchange,
-    })
-    if settings.broker_url:
-        env["INDEXGATE_BROKER_URL"] = settings.broker_url
-    return env
-
-
-@contextmanager
-def worker_processes(settings: Settings, count: int, concurrency: int = 2):
-    """``count`` real ``celery -A workers worker`` processes (prefork), stopped afterwards."""
-    import subprocess
-    import sys
-    import time
-
-    from workers.app import create_app
-
-    env = settings_env(settings)
-    procs = []
-    for i in range(count):
-        log = open(settings.data_dir / f"worker{i}.log", "w")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-P", "prefork", f"-c{concurrency}",
-             "-l", "WARNING", "-n", f"w{i}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1],
-        ))
-    app = create_app(settings)
-    try:
-        deadline = time.monotonic() + 60
-        while len(app.control.ping(timeout=1.0) or []) < count:
-            dead = [p for p in procs if p.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                logs = "\n".join((settings.data_dir / f"worker{i}.log").read_text()[-2000:] for i in range(count))
-                raise AssertionError(f"workers did not all come up:\n{logs}")
-        yield procs
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()

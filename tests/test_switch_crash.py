@@ -11,8 +11,6 @@ a fresh worker must complete the switch from the redelivered request.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +23,8 @@ from indexgate.service import Service
 from indexgate.settings import Settings
 from schemas.records import AuditKind
 from schemas.shadows import ShadowState, index_key
-from tests.conftest import AMQP_URL, REDIS_URL, isolated_settings, purge_names, require_reachable, settings_env
+from tests.conftest import AMQP_URL, REDIS_URL, isolated_settings, purge_names, require_reachable
+from workers.processes import start_worker, stop
 
 pytestmark = pytest.mark.slow
 
@@ -50,27 +49,6 @@ def build_and_complete(service: Service, job: str, folder: Path, records: int = 
     return f"shadow-{job}"
 
 
-def start_worker(settings: Settings, tag: str, fault: str | None = None) -> subprocess.Popen:
-    env = settings_env(settings)
-    env["INDEXGATE_SWITCH_LOCK_HEARTBEAT_INTERVAL_S"] = str(HEARTBEAT_S)
-    if fault:
-        env["INDEXGATE_FAULT_KILL_AT"] = fault
-    log = open(settings.data_dir / f"worker-{tag}.log", "w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-P", "solo", "-l", "WARNING",
-         "-n", f"{tag}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def until(predicate, timeout_s: float = 60.0, what: str = "condition"):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -91,7 +69,7 @@ def test_sigkill_at_each_switch_step_leaves_old_or_new_never_none(step: str, tmp
     assert service.shadows.switch(old).status == "switched"
     new = build_and_complete(service, "job-new", tmp_path / "idx")
     publisher = Publisher(settings)
-    doomed = start_worker(settings, "doomed", fault=step)
+    doomed = start_worker(settings, "doomed", pool="solo", fault_kill_at=step)
     try:
         publisher.publish_funnel(funnel_event("com.oms.shadow.switch.requested", {"shadow_index_id": new}))
         assert doomed.wait(timeout=60) == -9, "the worker was meant to be SIGKILLed"
@@ -103,7 +81,7 @@ def test_sigkill_at_each_switch_step_leaves_old_or_new_never_none(step: str, tmp
         until(lambda: service.check(BRANCH, "object_type").allowed, 10, "the switch lock's death at its deadline")
         assert not [e for e in service.store.audit(100) if e.kind is AuditKind.RELEASED and e.actor == "indexgate-sweeper"]
 
-        survivor = start_worker(settings, "survivor")
+        survivor = start_worker(settings, "survivor", pool="solo")
         try:
             until(lambda: service.shadows.current(BRANCH, INDEX).shadow_index_id == new and
                   service.store.load_index(index_key(BRANCH, INDEX)).build(new).state is ShadowState.ACTIVE,
@@ -127,7 +105,7 @@ def test_two_concurrent_switch_requests_exactly_one_wins(tmp_path: Path) -> None
     service.shadows.switch(old)
     new = build_and_complete(service, "job-new", tmp_path / "idx")
     token_before = service.shadows.current(BRANCH, INDEX).fencing_token
-    workers = [start_worker(settings, f"racer{i}") for i in range(2)]
+    workers = [start_worker(settings, f"racer{i}", pool="solo") for i in range(2)]
     publisher = Publisher(settings)
     try:
         from workers.app import create_app

@@ -1,0 +1,90 @@
+"""Real ``celery -A workers worker`` processes for tests, benchmarks and chaos runs.
+
+Crash, race and throughput claims need real worker processes against the real broker and
+store, started and killed by pid. Configuration travels by environment (``INDEXGATE_*``),
+exactly as an operator would run them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from indexgate.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a subprocess (worker, CLI) use ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INDEXGATE_")}
+    fields = {"data_dir", "store_url", "broker_url", "funnel_exchange", "intake_queue", "task_queue",
+              "out_exchange", "switch_lock_heartbeat_interval_s", "heartbeat_sweep_interval_s", "fault_kill_at"}
+    for name in fields:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"INDEXGATE_{name.upper()}"] = str(value)
+    env["INDEXGATE_STORE_URL"] = settings.resolved_store_url
+    env.update({f"INDEXGATE_{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+def start_worker(settings: Settings, tag: str, pool: str = "prefork", concurrency: int | None = None,
+                 beat: bool = False, **extra_env: str) -> subprocess.Popen:
+    """One worker process; its log goes to ``<data_dir>/worker-<tag>.log``."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-P", pool, "-l", "WARNING",
+            "-n", f"{tag}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"]
+    if concurrency:
+        argv.append(f"-c{concurrency}")
+    if beat:
+        argv.append("-B")
+    log = open(settings.data_dir / f"worker-{tag}.log", "w")
+    return subprocess.Popen(argv, env=settings_env(settings, **extra_env), stdout=log, stderr=subprocess.STDOUT,
+                            cwd=PROJECT_ROOT)
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_ready(settings: Settings, procs: list[subprocess.Popen], timeout_s: float = 60) -> None:
+    """Block until every worker answers a ping over the broker."""
+    from workers.app import create_app
+
+    app = create_app(settings)
+    deadline = time.monotonic() + timeout_s
+    while len(app.control.ping(timeout=1.0) or []) < len(procs):
+        dead = [p for p in procs if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            raise RuntimeError(f"workers did not all come up:\n{_tail(settings)}")
+
+
+@contextmanager
+def worker_processes(settings: Settings, count: int, concurrency: int | None = 2, pool: str = "prefork",
+                     **extra_env: str) -> Iterator[list[subprocess.Popen]]:
+    """``count`` ready workers, stopped afterwards."""
+    procs = [start_worker(settings, f"w{i}", pool=pool, concurrency=concurrency, **extra_env) for i in range(count)]
+    try:
+        wait_ready(settings, procs)
+        yield procs
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+def _tail(settings: Settings) -> str:
+    logs = sorted(settings.data_dir.glob("worker-*.log"))
+    return "\n".join(log.read_text()[-1500:] for log in logs)

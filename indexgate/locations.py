@@ -87,6 +87,11 @@ def swap_link(links_dir: Path, branch: str, index_type: str, location: str | Non
     return current
 
 
+def remove_link(links_dir: Path, branch: str, index_type: str) -> None:
+    """No active index any more (a first switch rolled back): drop ``current``."""
+    (link_dir(links_dir, branch, index_type) / "current").unlink(missing_ok=True)
+
+
 def _replace_link(link: Path, target: Path) -> None:
     temporary = link.with_name(f".{link.name}.{uuid.uuid4().hex}")
     temporary.symlink_to(target, target_is_directory=True)

@@ -235,7 +235,7 @@ _NOT_ANNOUNCED = frozenset({AuditKind.IGNORED, AuditKind.UNKNOWN_JOB})
 
 def _outcome(transition: Transition) -> Outcome:
     kinds = {entry.kind for entry in transition.audit}
-    if AuditKind.REFUSED in kinds:
+    if kinds & {AuditKind.REFUSED, AuditKind.SHADOW_REFUSED}:
         status = "refused"
     elif transition.changed:
         status = "applied"

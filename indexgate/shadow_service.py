@@ -146,6 +146,10 @@ class Shadows:
         build = shadows._get(state, ref)
         result = SwitchResult(status="switched", shadow_index_id=build.shadow_index_id, branch=state.branch,
                               index_type=state.index_type)
+        if self.policy.strategy == "filesystem" and locations.as_path(build.location) is None:
+            why = f"the filesystem strategy needs a local directory; {build.location!r} is not one"
+            self._mutate(key, lambda s, now: _note_failure(s, ref, why, now), _origin())
+            return result.model_copy(update={"status": "refused", "detail": why})
         if not force:
             result.checks = shadows.validate(build, state.active, self.inspect(build.location), checks,
                                              self.policy.max_shrink_fraction)
@@ -259,9 +263,13 @@ class Shadows:
         return max(tokens) if outcome.status == "applied" and tokens else None
 
     def _link(self, branch: str, index_type: str, location: str | None) -> None:
-        if self.policy.strategy == "filesystem" and location and self.policy.links_dir:
+        if self.policy.strategy != "filesystem" or not self.policy.links_dir:
+            return
+        if location:
             locations.swap_link(self.policy.links_dir, branch, index_type, location)
-            self._step("linked")
+        else:  # rolled back to "no index": the link must not name the failed one
+            locations.remove_link(self.policy.links_dir, branch, index_type)
+        self._step("linked")
 
     def _auto_switch(self, ref: str) -> None:
         try:

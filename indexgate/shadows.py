@@ -118,6 +118,7 @@ def progress(state: IndexState, ref: str, now: datetime, policy: Policy, *, perc
     current = effective_state(build, now, policy)
     if current not in (S.PREPARING, S.BUILDING):
         if current is S.FAILED and build.state is not S.FAILED:
+            build.failure_reason = "HEARTBEAT_MISSED"
             _move(t, build, S.FAILED, now, "heartbeat deadline passed before this heartbeat", "indexgate-sweeper")
         else:
             t.note(_entry(AuditKind.IGNORED, now, build.holder, t.state, build, f"heartbeat for a {current} build"))
@@ -159,6 +160,8 @@ def end(state: IndexState, ref: str, to: ShadowState, why: str, actor: str, now:
     if build.state not in IN_FLIGHT or build.state is S.SWITCHING:
         t.note(_entry(AuditKind.IGNORED, now, actor, t.state, build, f"{to} for a {build.state} build"))
         return t
+    if effective_state(build, now, policy) is S.FAILED:  # it died silently before this event
+        to, why, actor = S.FAILED, "HEARTBEAT_MISSED", "indexgate-sweeper"
     build.failure_reason = why
     _move(t, build, to, now, why, actor)
     return t
@@ -197,6 +200,7 @@ def swap(state: IndexState, ref: str, token: int, now: datetime, keep_backup: bo
         raise InvalidTransition(f"build {build.shadow_index_id} is {build.state}; only a SWITCHING build is swapped in")
     _require_token(t.state, token)
     old = t.state.active
+    t.state.replaced = old  # kept even without a backup: verification may still swap back
     if old is not None:
         if keep_backup:
             t.state.backups = (t.state.backups + [old])[-MAX_BACKUPS:]
@@ -219,7 +223,10 @@ def undo_swap(state: IndexState, ref: str, why: str, now: datetime) -> Transitio
     build = _get(t.state, ref)
     if t.state.active is None or t.state.active.shadow_index_id != build.shadow_index_id:
         return t  # someone already moved on; nothing of ours to undo
-    _reactivate_backup(t, now, why)
+    restored = t.state.replaced
+    if restored is not None and t.state.backups and t.state.backups[-1] == restored:
+        t.state.backups.pop()  # it is active again, no longer a backup
+    _activate(t, restored, now, why)
     build.state = S.SWITCHING  # the ACTIVE it reached never served: record it as a failed switch
     build.failure_reason = why
     _move(t, build, S.FAILED, now, why, "indexgate-switch")
@@ -320,9 +327,13 @@ def _require_token(state: IndexState, token: int) -> None:
 
 
 def _reactivate_backup(t: Transition, now: datetime, why: str) -> None:
+    _activate(t, t.state.backups.pop() if t.state.backups else None, now, why)
+
+
+def _activate(t: Transition, restored: IndexPointer | None, now: datetime, why: str) -> None:
     state: IndexState = t.state
-    restored = state.backups.pop() if state.backups else None
     state.active = restored
+    state.replaced = None
     if restored is not None:
         build = state.build(restored.shadow_index_id)
         if build is not None and build.state is S.CLEANUP:

@@ -77,6 +77,7 @@ class IndexState(_Record):
     builds: list[ShadowBuild] = Field(default_factory=list)
     active: IndexPointer | None = None
     backups: list[IndexPointer] = Field(default_factory=list)  # newest last
+    replaced: IndexPointer | None = None  # what the last swap replaced: the automatic rollback's target
     pointer_token: int = 0  # highest fencing token a pointer update carried
 
     @property

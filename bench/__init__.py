@@ -1,0 +1,1 @@
+"""Benchmarks and chaos scenarios: ``python -m bench`` (see ``python -m bench --help``)."""

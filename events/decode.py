@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_rabbitmq
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
+from dateutil.parser import isoparse
 from pydantic import BaseModel, ConfigDict
 
 from indexgate.clock import as_utc
@@ -85,15 +86,18 @@ def decode(raw: RawMessage, max_bytes: int, source_allowlist: list[str] | None =
         raise MalformedEvent(f"body is {len(body)} bytes, over the {max_bytes}-byte limit (INDEXGATE_MAX_EVENT_BYTES)")
     headers = _ce_headers(raw.headers)
     content_type = raw.content_type
-    has_time = "ce-time" in headers
     if not headers and (content_type or "").startswith("application/json") and b'"specversion"' in body:
         content_type = STRUCTURED  # a structured event sent with a generic JSON content type
     if (content_type or "").lower().startswith("application/cloudevents"):
-        has_time = _structured_has_time(body)
-    elif not headers:
+        given, body = _structured_attributes(body)
+    elif headers:
+        given = {name[len("ce-"):]: value for name, value in headers.items()}
+    else:
         raise MalformedEvent(
             f"not a CloudEvent: content type {raw.content_type!r} is not {STRUCTURED} and no ce- headers are present"
         )
+    _check_given(given)  # the SDK would invent a missing id, specversion or time
+    has_time = "time" in given
     try:
         event: CloudEvent = from_rabbitmq(RabbitMQMessage(headers, content_type, body), _FORMAT, CloudEvent)
     except Exception as exc:  # the SDK raises many types; all mean "bad event"
@@ -130,14 +134,31 @@ def _ce_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _structured_has_time(body: bytes) -> bool:
+def _structured_attributes(body: bytes) -> tuple[dict[str, Any], bytes]:
+    """The attributes the publisher gave; a JSON ``null`` attribute means absent, so it is
+    dropped from the body before the SDK (which would choke on it) reads it."""
     try:
         obj = json.loads(body)
     except ValueError as exc:
         raise MalformedEvent(f"body is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise MalformedEvent(f"a structured CloudEvent must be a JSON object, got {type(obj).__name__}")
-    return obj.get("time") is not None
+    nulls = [key for key, value in obj.items() if value is None and key not in ("data", "data_base64")]
+    if nulls:
+        body = json.dumps({k: v for k, v in obj.items() if k not in nulls}).encode()
+    return {k: v for k, v in obj.items() if k not in nulls}, body
+
+
+def _check_given(given: dict[str, Any]) -> None:
+    for name in ("specversion", "id", "source", "type"):
+        value = given.get(name)
+        if not isinstance(value, str) or not value:
+            raise MalformedEvent(f"required attribute {name!r} is missing or not a non-empty string")
+    if "time" in given:
+        try:
+            isoparse(str(given["time"]))
+        except (ValueError, OverflowError) as exc:
+            raise MalformedEvent(f"attribute 'time' {given['time']!r} is not an RFC 3339 timestamp") from exc
 
 
 def _header_text(value: Any) -> str:

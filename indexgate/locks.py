@@ -174,7 +174,7 @@ def acquire(state: BranchState, req: AcquireRequest, now: datetime, policy: Poli
     if known is not None:
         t.note(_ignored(now, req.holder, t.state.branch, req.job_id, f"job is already {known.status}"))
         return t
-    wanted = req.resource_types or (None,)
+    wanted = _normalized(req.resource_types)
     _release_dead(t, now, policy, lambda lock: any(conflicts(lock.resource_type, rt) for rt in wanted))
     blockers = [
         lock
@@ -350,6 +350,13 @@ def denial_message(v: LockView, action: str, resource_type: str | None) -> str:
 # --- helpers --------------------------------------------------------------------------
 
 
+def _normalized(resource_types: tuple[str | None, ...]) -> tuple[str | None, ...]:
+    """One lock per distinct type; a branch-wide request (empty or with None) is one lock."""
+    if not resource_types or None in resource_types:
+        return (None,)
+    return tuple(dict.fromkeys(resource_types))
+
+
 def _copy(state: BranchState, now: datetime, policy: Policy) -> BranchState:
     """A deep copy with long-finished jobs forgotten (bounded memory of the duplicate guard)."""
     new = state.model_copy(deep=True)
@@ -435,7 +442,7 @@ def _entry(kind: AuditKind, now: datetime, actor: str, lock: Lock, reason: str |
     return AuditEntry(
         at=now, kind=kind, actor=actor, branch=lock.branch, job_id=lock.job_id, lock_id=lock.lock_id,
         resource_type=lock.resource_type, fencing_token=lock.fencing_token, reason=reason,
-        detail={"holder": lock.holder, "expires_at": lock.expires_at.isoformat(), **(detail or {})},
+        detail={**(detail or {}), "holder": lock.holder, "expires_at": lock.expires_at.isoformat()},
     )
 
 

@@ -111,7 +111,7 @@ class Service:
 
     def end_job(self, data: JobEnd, reason: ReleaseReason, origin: Origin) -> Outcome:
         job_id = data.job_id or data.shadow_index_id or ""
-        detail = data.model_dump(exclude_none=True, exclude={"job_id", "shadow_index_id", "branch"})
+        detail = {"result": data.model_dump(mode="json", exclude_none=True, exclude={"job_id", "shadow_index_id", "branch"})}
         return self._for_job(job_id, origin, lambda s, now: locks.release_job(
             s, job_id, reason, origin.actor, now, self.policy, detail),
             lambda: self.shadows.finish(job_id, data, reason, origin))
@@ -181,7 +181,7 @@ class Service:
     def _record_only(self, origin: Origin, kind: AuditKind, branch: str | None, job_id: str | None,
                      why: str) -> Outcome:
         entry = AuditEntry(at=self.clock(), kind=kind, actor=origin.actor, branch=branch, job_id=job_id,
-                           reason=why, published=True)
+                           reason=why, published=True, cause=origin.key)
         self.store.record([entry], origin.key)
         return Outcome(status=str(kind), detail=why, audit=[entry])
 
@@ -197,6 +197,7 @@ class Service:
             transition = rule(state, self.clock())
             for entry in transition.audit:
                 entry.published = entry.kind in _NOT_ANNOUNCED
+                entry.cause = origin.key
             try:
                 if transition.changed:
                     save(transition.state, transition.audit, origin.key)
@@ -220,8 +221,10 @@ class Service:
 
     def relay_outbox(self, limit: int = 500) -> int:
         """Publish what a crash or a broker hiccup left unannounced; returns how many."""
+        if self.notify is None:
+            return 0
         due = self.store.unpublished(limit)
-        if due and self.notify is not None:
+        if due:
             self.notify(due)
             self.store.mark_published([entry.entry_id for entry in due])
         return len(due)

@@ -132,6 +132,7 @@ class AuditEntry(_Record):
     fencing_token: int | None = None
     reason: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+    cause: str | None = None  # the ``source|id`` of the event that caused it, if any
     published: bool = False
 
 

@@ -95,6 +95,9 @@ def running_worker(settings: Settings):
     from workers.runtime import reset
 
     app = create_app(settings)
+    # the AMQP event loop only wakes on its heartbeat timer; a short one lets stop() finish
+    # in about a second instead of hitting shutdown_timeout
+    app.conf.broker_heartbeat = 2
     with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=10):
         yield app
     reset(app)

@@ -52,6 +52,10 @@ def register_tasks(app: Celery) -> None:
         rt = runtime(self.app)
         return ingest(rt.service, rt.settings, RawMessage.model_validate(raw)).as_dict()
 
+    @app.task(name="indexgate.noop", ignore_result=True, shared=False, acks_late=True)
+    def noop(*_args) -> None:
+        """Does nothing: the baseline of the throughput benchmark, with the same settings."""
+
     @task(name=names.SWEEP_TTL)
     def sweep_ttl(self) -> int:
         return len(runtime(self.app).service.sweep([ReleaseReason.TTL_EXPIRED]))

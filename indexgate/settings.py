@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     job_retention_s: float = Field(
         7 * 86_400, description="How long finished jobs are remembered (duplicate guard)."
     )
+    redis_visibility_timeout_s: float = Field(
+        3600, description="Redis broker: an unacked message is redelivered after this; keep it far above "
+        "store_retry_max_s so a message waiting for its retry is not delivered twice.",
+    )
     store_retry_max_s: float = Field(
         60, description="Longest backoff between retries while the store is unavailable."
     )

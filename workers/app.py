@@ -30,7 +30,7 @@ def transport_options(settings: Settings) -> dict:
     if url.startswith("filesystem"):
         return settings.filesystem_broker_options()
     if url.startswith(("redis", "rediss")):
-        return {"visibility_timeout": 3600}
+        return {"visibility_timeout": settings.redis_visibility_timeout_s}
     if url.startswith(("amqp", "pyamqp")):
         return {"confirm_publish": True}
     return {}

@@ -29,6 +29,7 @@ from schemas.records import (
     JobStatus,
     Lock,
 )
+from schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState
 
 MONGODB_URL = os.environ.get("MONGODB_URL")
 MONGO_MODE = "live" if MONGODB_URL else "mongomock"
@@ -112,6 +113,30 @@ def saved(store: Store, state: BranchState, *audit: AuditEntry, key: str | None 
     return state.model_copy(update={"version": version})
 
 
+def a_build(branch: str = "main", index_type: str = "search", n: int = 1,
+            state: ShadowState = ShadowState.BUILT) -> ShadowBuild:
+    return ShadowBuild(shadow_index_id=f"shadow-{n}", job_id=f"build-job-{n}", branch=branch, index_type=index_type,
+                       resource_types=["docs", "code"], state=state, holder="indexer", created_at=T0,
+                       completed_at=T0 + timedelta(minutes=n), heartbeat_interval_s=60.0,
+                       last_heartbeat=T0 + timedelta(seconds=n), build_progress_percent=100.0, record_count=10 * n,
+                       index_size_bytes=1024 * n, location=f"/idx/shadow-{n}", switch_fencing_token=n)
+
+
+def a_pointer(n: int) -> IndexPointer:
+    return IndexPointer(shadow_index_id=f"shadow-{n}", location=f"/idx/shadow-{n}",
+                        switched_at=T0 + timedelta(hours=n), fencing_token=n, record_count=10 * n)
+
+
+def an_index(branch: str = "main", index_type: str = "search", *builds: ShadowBuild) -> IndexState:
+    return IndexState(branch=branch, index_type=index_type, builds=list(builds) or [a_build(branch, index_type)])
+
+
+def saved_index(store: Store, state: IndexState, *audit: AuditEntry, key: str | None = None) -> IndexState:
+    """``saved`` for the index aggregate."""
+    version = store.save_index(state, list(audit), key)
+    return state.model_copy(update={"version": version})
+
+
 # --- aggregates ---------------------------------------------------------------------
 
 
@@ -168,6 +193,107 @@ def test_insert_race_at_version_zero_one_wins(store: Store) -> None:
     assert stored is not None and [j.job_id for j in stored.jobs] == ["job-a"]
     assert store.branch_of_job("job-b") is None
     assert [e.reason for e in store.audit()] == ["step 1"]
+
+
+# --- index aggregates ---------------------------------------------------------------
+
+
+def test_load_index_of_unknown_key_is_none(store: Store) -> None:
+    assert store.load_index("nowhere|search") is None
+    assert store.index_of("shadow-1") is None
+    assert store.indexes() == []
+
+
+def test_save_index_then_load_index_round_trips_every_field(store: Store) -> None:
+    old, new = a_build(n=1, state=ShadowState.CLEANUP), a_build(n=2, state=ShadowState.ACTIVE)
+    state = an_index("main", "search", old, new).model_copy(
+        update={"active": a_pointer(2), "backups": [a_pointer(1)], "pointer_token": 2})
+    assert state.key == "main|search"
+    assert store.save_index(state, [an_entry(kind=AuditKind.SWITCHED)]) == 1
+    loaded = store.load_index("main|search")
+    assert loaded == state.model_copy(update={"version": 1})
+    assert loaded is not None and loaded.active is not None
+    switched_at = loaded.active.switched_at
+    assert switched_at == T0 + timedelta(hours=2) and switched_at.utcoffset() == timedelta(0)
+    build = loaded.builds[1]
+    assert build.state is ShadowState.ACTIVE and build.created_at == T0 and build.created_at.microsecond == 123456
+    assert build.completed_at is not None and build.completed_at.utcoffset() == timedelta(0)
+    assert build.switched_at is None and [p.shadow_index_id for p in loaded.backups] == ["shadow-1"]
+    assert store.load("main") is None  # a separate aggregate: no branch document appears
+
+
+def test_save_index_stale_version_raises_and_leaves_stored_state_unchanged(store: Store) -> None:
+    v1 = saved_index(store, an_index())
+    v2 = saved_index(store, v1.model_copy(update={"pointer_token": 2}))
+    assert v2.version == 2
+    with pytest.raises(VersionConflict):
+        store.save_index(v1.model_copy(update={"pointer_token": 99, "builds": []}), [an_entry(minute=9)], "src|stale")
+    assert store.load_index("main|search") == v2
+    assert store.audit() == []  # the loser's audit entry was not written
+    assert not store.seen("src|stale")
+
+
+def test_save_index_two_writers_from_the_same_version_exactly_one_wins(store: Store) -> None:
+    base = saved_index(store, an_index())
+    first, second = store.load_index("main|search"), store.load_index("main|search")
+    assert first == second == base
+    assert first is not None and second is not None
+    outcomes: list[int | str] = []
+    for writer, token in ((first, 10), (second, 20)):
+        try:
+            outcomes.append(store.save_index(writer.model_copy(update={"pointer_token": token}),
+                                             [an_entry(minute=token)]))
+        except VersionConflict:
+            outcomes.append("conflict")
+    assert outcomes == [2, "conflict"]
+    stored = store.load_index("main|search")
+    assert stored is not None and stored.pointer_token == 10 and stored.version == 2
+    assert [e.reason for e in store.audit()] == ["step 10"]
+
+
+def test_save_index_insert_race_at_version_zero_one_wins(store: Store) -> None:
+    assert store.save_index(an_index("main", "search", a_build(n=1)), [an_entry(minute=1)]) == 1
+    with pytest.raises(VersionConflict):
+        store.save_index(an_index("main", "search", a_build(n=2)), [an_entry(minute=2)], "src|late")
+    stored = store.load_index("main|search")
+    assert stored is not None and [b.shadow_index_id for b in stored.builds] == ["shadow-1"]
+    assert store.index_of("shadow-2") is None and store.index_of("build-job-2") is None
+    assert [e.reason for e in store.audit()] == ["step 1"] and not store.seen("src|late")
+
+
+def test_index_of_finds_builds_by_job_id_and_by_shadow_id(store: Store) -> None:
+    state = saved_index(store, an_index("main", "search", a_build(n=1)))
+    saved_index(store, state.model_copy(update={"builds": [*state.builds, a_build(n=2)]}))
+    saved_index(store, an_index("dev", "vectors", a_build("dev", "vectors", n=3)))
+    saved(store, a_state("main", job_id="lock-job"))
+    assert store.index_of("build-job-1") == store.index_of("shadow-1") == "main|search"
+    assert store.index_of("build-job-2") == store.index_of("shadow-2") == "main|search"
+    assert store.index_of("build-job-3") == store.index_of("shadow-3") == "dev|vectors"
+    assert store.index_of("lock-job") is None and store.branch_of_job("build-job-1") is None  # separate indexes
+    assert store.index_of("shadow-4") is None
+
+
+def test_indexes_returns_every_aggregate_sorted_by_key(store: Store) -> None:
+    saved_index(store, an_index("zeta", "search", a_build("zeta", "search", n=1)))
+    saved_index(store, an_index("main", "vectors", a_build("main", "vectors", n=2)))
+    alpha = saved_index(store, an_index("alpha", "search", a_build("alpha", "search", n=3)))
+    main = saved_index(store, an_index("main", "search", a_build("main", "search", n=4)))
+    saved_index(store, main.model_copy(update={"builds": []}))  # empty aggregates are still listed
+    listed = store.indexes()
+    assert [s.key for s in listed] == ["alpha|search", "main|search", "main|vectors", "zeta|search"]
+    assert listed[0] == alpha and listed[1].version == 2 and listed[1].builds == []
+
+
+def test_save_index_writes_audit_entries_and_inbox_key(store: Store) -> None:
+    state = saved_index(store, an_index(), an_entry(minute=1, kind=AuditKind.SHADOW_STATE), key="src|b1")
+    saved_index(store, state.model_copy(update={"active": a_pointer(1)}),
+                an_entry(minute=2, kind=AuditKind.SWITCHED), an_entry(None, 3, AuditKind.IGNORED, published=True),
+                key="src|b2")
+    assert [(e.reason, e.kind) for e in store.audit()] == [
+        ("step 3", AuditKind.IGNORED), ("step 2", AuditKind.SWITCHED), ("step 1", AuditKind.SHADOW_STATE)]
+    assert [e.reason for e in store.audit(branch="main")] == ["step 2", "step 1"]
+    assert [e.reason for e in store.unpublished()] == ["step 1", "step 2"]
+    assert store.seen("src|b1") and store.seen("src|b2") and not store.seen("src|b3")
 
 
 # --- audit / outbox -----------------------------------------------------------------
@@ -270,6 +396,10 @@ def test_unreachable_store_raises_store_unavailable(store: Store, tmp_path: Path
         broken.load("main")
     with pytest.raises(StoreUnavailable):
         broken.save(a_state(), [an_entry()])
+    with pytest.raises(StoreUnavailable):
+        broken.save_index(an_index(), [an_entry()])
+    with pytest.raises(StoreUnavailable):
+        broken.load_index("main|search")
     if isinstance(broken, MongoStore):
         assert "127.0.0.1:1" in str(caught.value) and "s3cret" not in str(caught.value)
         with pytest.raises(StoreUnavailable):
@@ -334,3 +464,45 @@ def test_mongo_save_reports_success_once_the_cas_committed(mongo: MongoStore, mo
     assert mongo.save(a_state(), [an_entry(minute=1)], "src|late") == 1
     monkeypatch.undo()
     assert [e.reason for e in mongo.unpublished()] == ["step 1"] and mongo.seen("src|late")
+
+
+def test_mongo_index_crash_after_cas_is_recovered_by_unpublished(mongo: MongoStore,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _crash_after_cas(mongo, monkeypatch)
+    state = saved_index(mongo, an_index(), an_entry(minute=1), an_entry(minute=2), key="src|crash")
+    assert mongo.load_index("main|search") == state  # the CAS itself committed
+    assert mongo.audit() == [] and not mongo.seen("src|crash") and mongo.index_of("shadow-1") is None
+    monkeypatch.undo()  # "restart"
+    assert [e.reason for e in mongo.unpublished()] == ["step 1", "step 2"]
+    assert [e.reason for e in mongo.audit()] == ["step 2", "step 1"]
+    assert mongo.seen("src|crash")
+    assert mongo.index_of("shadow-1") == mongo.index_of("build-job-1") == "main|search"
+    raw = mongo._col("indexes").find_one({"_id": "main|search"})
+    assert raw is not None and raw["pending_audit"] == [] and raw["pending_inbox"] == []
+    assert mongo.flush_pending() == 0  # nothing left; running it again changes nothing
+    assert len(mongo.audit()) == 2
+
+
+def test_mongo_flush_pending_covers_branches_and_indexes_together(mongo: MongoStore,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _crash_after_cas(mongo, monkeypatch)
+    index = saved_index(mongo, an_index(), an_entry(minute=1), key="src|i")
+    saved(mongo, a_state(), an_entry(minute=2), key="src|b")
+    monkeypatch.undo()
+    saved_index(mongo, index.model_copy(update={"pointer_token": 1}), an_entry(minute=3))  # before any recovery
+    assert mongo.flush_pending() == 2
+    assert [e.reason for e in mongo.unpublished()] == ["step 1", "step 2", "step 3"]
+    assert mongo.seen("src|i") and mongo.seen("src|b")
+    assert mongo.branch_of_job("job-1") == "main" and mongo.index_of("shadow-1") == "main|search"
+
+
+def test_mongo_save_index_reports_success_once_the_cas_committed(mongo: MongoStore,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("server went away after the CAS")
+
+    monkeypatch.setattr(mongo, "_complete", down)
+    assert mongo.save_index(an_index(), [an_entry(minute=1)], "src|late") == 1
+    monkeypatch.undo()
+    assert [e.reason for e in mongo.unpublished()] == ["step 1"] and mongo.seen("src|late")
+    assert mongo.index_of("build-job-1") == "main|search"

@@ -1,26 +1,32 @@
 """MongoDB adapter (pymongo): the same verbs and semantics as ``SqliteStore``.
 
-The commit point of ``save`` is one conditional single-document write on the branch
-(``version`` compare-and-swap); MongoDB makes that atomic without multi-document
-transactions, so mutual exclusion and fencing hold on any deployment. The commit's other
-writes (audit/outbox rows, job index rows, the event's inbox key) go to other collections
-and therefore happen *after* the CAS. To stay crash-safe they ride along in the CAS itself:
-the update pushes the audit rows onto the branch document's ``pending_audit`` list and the
-inbox key onto ``pending_inbox``; afterwards they are inserted idempotently (deterministic
-``_id``, duplicates ignored) and then pulled from the lists by id. ``$push``/``$pull`` (not a
-whole-document replace) keep a crashed commit's leftovers even when the next commit on the
-branch lands before recovery. ``flush_pending()`` completes any leftovers and runs at the
-start of ``unpublished()``, so the outbox relay repairs a crash on its next poll.
+There are two aggregates, each one document with ``_id`` = its key and a ``version``: a
+branch (``branches``, key = branch name) and an index (``indexes``, key =
+``branch|index_type``). The commit point of ``save`` / ``save_index`` is one conditional
+single-document write on that document (``version`` compare-and-swap); MongoDB makes that
+atomic without multi-document transactions, so mutual exclusion and fencing hold on any
+deployment. The commit's other writes (audit/outbox rows, the reference rows -- ``jobs``
+for a branch's job ids, ``index_refs`` for an index's build job ids and shadow ids -- and
+the event's inbox key) go to other collections and therefore happen *after* the CAS. To
+stay crash-safe they ride along in the CAS itself: the update pushes the audit rows onto
+the aggregate document's ``pending_audit`` list and the inbox key onto ``pending_inbox``
+(reference rows are derived from the stored document itself); afterwards they are
+inserted idempotently (deterministic ``_id``, duplicates ignored) and then pulled from the
+lists by id. ``$push``/``$pull`` (not a whole-document replace) keep a crashed commit's
+leftovers even when the next commit on the aggregate lands before recovery.
+``flush_pending()`` completes any leftovers on both collections and runs at the start of
+``unpublished()``, so the outbox relay repairs a crash on its next poll.
 
 Honest limits: until that repair, a crashed commit's audit entries are missing from
-``audit()`` and its inbox key from ``seen()`` -- the inbox key is written after the branch
-CAS, so an event redelivered in that window is applied again, which the domain's job-level
-idempotency (a repeated ``started``/``ended`` for a known job changes nothing) makes
-harmless. Once the CAS succeeded, ``save`` reports success even if the follow-up writes
-fail (they are logged and left to ``flush_pending``): the state *is* committed, and
-reporting ``StoreUnavailable`` would make the caller treat a durable write as lost. Audit
-``seq`` numbers are reserved before the CAS, so per branch they follow commit order, but a
-slow commit's rows can become visible after a later commit's (at-least-once outbox).
+``audit()``, its inbox key from ``seen()`` and its new references from ``branch_of_job()``
+/ ``index_of()`` -- the inbox key is written after the CAS, so an event redelivered in that
+window is applied again, which the domain's job-level idempotency (a repeated
+``started``/``ended`` for a known job changes nothing) makes harmless. Once the CAS
+succeeded, a save reports success even if the follow-up writes fail (they are logged and
+left to ``flush_pending``): the state *is* committed, and reporting ``StoreUnavailable``
+would make the caller treat a durable write as lost. Audit ``seq`` numbers are reserved
+before the CAS, so per aggregate they follow commit order, but a slow commit's rows can
+become visible after a later commit's (at-least-once outbox).
 
 Aggregates and audit entries are kept as JSON-mode documents (ISO strings), because BSON
 dates are millisecond, naive values and the SQLite adapter round-trips microseconds.
@@ -46,6 +52,7 @@ from pymongo.read_concern import ReadConcern
 
 from indexgate.errors import ConfigError, StoreUnavailable, VersionConflict
 from schemas.records import AuditEntry, BranchState, DeadLetter
+from schemas.shadows import IndexState
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,8 @@ DEFAULT_DATABASE = "indexgate"
 SERVER_SELECTION_TIMEOUT_MS = 2000  # an unreachable server becomes StoreUnavailable quickly
 _DUPLICATE_KEY = 11000
 _PENDING = {"$or": [{"pending_audit.0": {"$exists": True}}, {"pending_inbox.0": {"$exists": True}}]}
+# aggregate collection -> (noun for messages, reference collection, field naming the aggregate there)
+_AGGREGATES = {"branches": ("branch", "jobs", "branch"), "indexes": ("index", "index_refs", "key")}
 
 
 class MongoStore:
@@ -117,7 +126,7 @@ class MongoStore:
 
     def _col(self, name: str) -> Collection[Any]:
         """Majority writes everywhere, majority reads of aggregates: nothing a failover can undo."""
-        read = ReadConcern("majority") if name == "branches" else None
+        read = ReadConcern("majority") if name in _AGGREGATES else None
         return self._db().get_collection(name, write_concern=WriteConcern("majority"), read_concern=read)
 
     @contextmanager
@@ -158,30 +167,59 @@ class MongoStore:
 
     def save(self, state: BranchState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
         new = state.model_copy(update={"version": state.version + 1})
-        rows = self._audit_rows(audit)  # seq reserved before the CAS: per-branch commit order
-        fields = {"version": new.version, "has_locks": bool(new.locks), "doc": new.model_dump(mode="json")}
+        doc = new.model_dump(mode="json")
+        return self._save("branches", state.branch, state.version, doc, {"has_locks": bool(new.locks)},
+                          audit, inbox_key)
+
+    def load_index(self, key: str) -> IndexState | None:
+        with self._call(f"load of index {key}"):
+            raw = self._col("indexes").find_one({"_id": key}, {"doc": 1})
+        return IndexState.model_validate(raw["doc"]) if raw else None
+
+    def save_index(self, state: IndexState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
+        new = state.model_copy(update={"version": state.version + 1})
+        return self._save("indexes", state.key, state.version, new.model_dump(mode="json"), {}, audit, inbox_key)
+
+    def index_of(self, ref: str) -> str | None:
+        with self._call(f"lookup of index reference {ref}"):
+            raw = self._col("index_refs").find_one({"_id": ref})
+        return raw["key"] if raw else None
+
+    def indexes(self) -> list[IndexState]:
+        with self._call("listing of indexes"):
+            docs = list(self._col("indexes").find({}, {"doc": 1}).sort("_id", ASCENDING))
+        return [IndexState.model_validate(raw["doc"]) for raw in docs]
+
+    def _save(self, name: str, key: str, version: int, doc: dict[str, Any], extra: dict[str, Any],
+              audit: Sequence[AuditEntry], inbox_key: str | None) -> int:
+        """Compare-and-swap of aggregate ``key`` in collection ``name``: insert when ``version``
+        is 0, else update only if the stored version is still ``version``. The audit rows and
+        inbox key ride along as pending and are completed afterwards. Returns the new version."""
+        noun = _AGGREGATES[name][0]
+        rows = self._audit_rows(audit)  # seq reserved before the CAS: per-aggregate commit order
+        fields = {"version": version + 1, **extra, "doc": doc}
         inbox = [inbox_key] if inbox_key is not None else []
-        conflict = VersionConflict(f"branch {state.branch} changed since version {state.version}")
-        with self._call(f"save of branch {state.branch}"):
-            branches = self._col("branches")
-            if state.version == 0:
+        conflict = VersionConflict(f"{noun} {key} changed since version {version}")
+        with self._call(f"save of {noun} {key}"):
+            collection = self._col(name)
+            if version == 0:
                 try:
-                    branches.insert_one({"_id": state.branch, **fields, "pending_audit": rows, "pending_inbox": inbox})
+                    collection.insert_one({"_id": key, **fields, "pending_audit": rows, "pending_inbox": inbox})
                 except DuplicateKeyError:
                     raise conflict from None
             else:
-                done = branches.update_one(
-                    {"_id": state.branch, "version": state.version},
+                done = collection.update_one(
+                    {"_id": key, "version": version},
                     {"$set": fields, "$push": {"pending_audit": {"$each": rows}, "pending_inbox": {"$each": inbox}}},
                 )
                 if done.matched_count != 1:
                     raise conflict
         try:  # committed: the rest is recoverable by flush_pending, so a failure here is not the caller's
-            self._complete(state.branch, rows, [job.job_id for job in new.jobs], inbox)
+            self._complete(name, key, rows, _refs(name, doc), inbox)
         except StoreUnavailable:
-            log.warning("branch %s committed at version %d; its audit/inbox writes wait for flush_pending",
-                        state.branch, new.version, exc_info=True)
-        return new.version
+            log.warning("%s %s committed at version %d; its audit/inbox writes wait for flush_pending",
+                        noun, key, version + 1, exc_info=True)
+        return version + 1
 
     def record(self, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> None:
         rows = self._audit_rows(audit)
@@ -191,23 +229,29 @@ class MongoStore:
                 self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": inbox_key}])
 
     def flush_pending(self) -> int:
-        """Finish the post-CAS writes a crash left on branch documents; idempotent. Returns
-        how many branches needed it."""
+        """Finish the post-CAS writes a crash left on branch and index documents (reference
+        rows are recreated from the stored document); idempotent. Returns how many
+        aggregates needed it."""
+        pending = []
         with self._call("recovery of pending audit entries"):
-            docs = list(self._col("branches").find(_PENDING, {"pending_audit": 1, "pending_inbox": 1, "doc.jobs": 1}))
-        for raw in docs:
-            jobs = [job["job_id"] for job in raw.get("doc", {}).get("jobs", [])]
-            self._complete(raw["_id"], raw.get("pending_audit", []), jobs, raw.get("pending_inbox", []))
-        return len(docs)
+            for name in _AGGREGATES:
+                found = self._col(name).find(_PENDING, {"pending_audit": 1, "pending_inbox": 1, "doc.jobs": 1,
+                                                        "doc.builds": 1})
+                pending += [(name, raw) for raw in found]
+        for name, raw in pending:
+            refs = _refs(name, raw.get("doc", {}))
+            self._complete(name, raw["_id"], raw.get("pending_audit", []), refs, raw.get("pending_inbox", []))
+        return len(pending)
 
-    def _complete(self, branch: str, rows: list[dict[str, Any]], job_ids: list[str], inbox: list[str]) -> None:
-        with self._call(f"audit/inbox writes of branch {branch}"):
+    def _complete(self, name: str, key: str, rows: list[dict[str, Any]], refs: list[str], inbox: list[str]) -> None:
+        noun, ref_collection, ref_field = _AGGREGATES[name]
+        with self._call(f"audit/inbox writes of {noun} {key}"):
             self._insert_ignoring_duplicates(self._col("audit"), rows)
-            self._insert_ignoring_duplicates(self._col("jobs"), [{"_id": j, "branch": branch} for j in job_ids])
-            self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": key} for key in inbox])
+            self._insert_ignoring_duplicates(self._col(ref_collection), [{"_id": r, ref_field: key} for r in refs])
+            self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": k} for k in inbox])
             if rows or inbox:
-                self._col("branches").update_one(
-                    {"_id": branch},
+                self._col(name).update_one(
+                    {"_id": key},
                     {"$pull": {"pending_audit": {"_id": {"$in": [r["_id"] for r in rows]}},
                                "pending_inbox": {"$in": inbox}}},
                 )
@@ -295,6 +339,14 @@ class MongoStore:
             return []
         with self._call(f"reading {name}"):
             return list(self._col(name).find(query).sort("seq", order).limit(max(limit, 0)))
+
+
+def _refs(name: str, doc: dict[str, Any]) -> list[str]:
+    """The ids an aggregate's JSON document is found by: a branch's job ids; an index's
+    build job ids and shadow ids."""
+    if name == "branches":
+        return [job["job_id"] for job in doc.get("jobs", [])]
+    return sorted({ref for build in doc.get("builds", []) for ref in (build["job_id"], build["shadow_index_id"])})
 
 
 def _audit(raw: dict[str, Any]) -> AuditEntry:

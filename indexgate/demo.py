@@ -21,6 +21,7 @@ from celery.contrib.testing.worker import start_worker
 
 from events.publisher import Publisher, funnel_event
 from indexgate.locks import heartbeat_deadline
+from indexgate.clock import poll
 from indexgate.errors import IndexgateError
 from indexgate.locations import write_index
 from indexgate.service import Service
@@ -43,16 +44,6 @@ class Timeline:
         if not ok:
             self.failures.append(what)
             self.say("DEMO", f"!! expected: {what}")
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float = 15.0, every_s: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    return None
 
 
 def run_demo(data_dir: str | None = None) -> int:
@@ -104,13 +95,13 @@ def _scenario(service: Service, publisher: Publisher, tl: Timeline) -> int:
                                       "indexing_mode": "traditional", "service_name": "funnel-service",
                                       "heartbeat_interval_s": INTERVAL_S, "ttl_s": 600,
                                       "reason": "search index rebuild after schema change"})
-    granted = wait_for(lambda: len(locks_of("job-1")) == 2 and locks_of("job-1"))
+    granted = poll(lambda: len(locks_of("job-1")) == 2 and locks_of("job-1"), 15)
     worker_news()
     tl.expect(bool(granted), "job-1 granted two locks with fencing tokens")
 
     send("com.oms.indexing.heartbeat", {"job_id": "job-1", "service_name": "funnel-service", "status": "healthy",
                                         "progress_percent": 40, "estimated_remaining_s": 90}, mode="binary")
-    wait_for(lambda: any(v.lock.progress_percent == 40 for v in locks_of("job-1")))
+    poll(lambda: any(v.lock.progress_percent == 40 for v in locks_of("job-1")), 15)
     denied = service.check(BRANCH, "object_type", "write")
     tl.say("DEVELOPER", f"may I write object_type? -> {'ALLOWED' if denied.allowed else 'DENIED'}: {denied.message}")
     tl.expect(not denied.allowed and "ETA" in denied.message and "funnel-service" in denied.message,
@@ -123,18 +114,18 @@ def _scenario(service: Service, publisher: Publisher, tl: Timeline) -> int:
     last = max(v.lock.last_heartbeat for v in locks_of("job-1"))
     deadline = last + timedelta(seconds=INTERVAL_S * service.policy.missed_heartbeats)
     tl.say("DEMO", f"job-1's heartbeat deadline is {deadline:%H:%M:%S.%f}"[:-3] + "; asking every 50 ms")
-    freed = wait_for(lambda: service.check(BRANCH, "object_type", "write").allowed, timeout_s=10, every_s=0.05)
+    freed = poll(lambda: service.check(BRANCH, "object_type", "write").allowed, timeout_s=10, every_s=0.05)
     lag_ms = (service.clock() - deadline).total_seconds() * 1000
     tl.say("DEVELOPER", f"may I write object_type? -> {'ALLOWED' if freed else 'DENIED'} "
                         f"({lag_ms:.0f} ms after the deadline; the lock is dead, no sweep needed)")
     tl.expect(bool(freed) and lag_ms <= 1000, "object_type free within 1 s of the heartbeat deadline")
-    released = wait_for(lambda: not locks_of("job-1"), timeout_s=10)
+    released = poll(lambda: not locks_of("job-1"), timeout_s=10)
     worker_news()
     tl.expect(bool(released), "beat's heartbeat sweep released job-1's locks (HEARTBEAT_MISSED)")
 
     start_id = send("com.oms.indexing.started", {"job_id": "job-2", "branch": BRANCH, "resource_types": ["object_type"],
                                                  "service_name": "funnel-service", "heartbeat_interval_s": 5})
-    wait_for(lambda: locks_of("job-2"))
+    poll(lambda: locks_of("job-2"), 15)
     worker_news()
     tokens = [v.lock.fencing_token for v in locks_of("job-2")]
     tl.expect(bool(tokens) and min(tokens) > max(v.lock.fencing_token for v in granted or []),
@@ -144,12 +135,12 @@ def _scenario(service: Service, publisher: Publisher, tl: Timeline) -> int:
     publisher.send(publisher.settings.funnel_exchange, "com.oms.indexing.heartbeat",
                    _raw(b'{"specversion": "1.0", "id": "broken"'))
     tl.say("FUNNEL", "sends a duplicate of job-2's start, and a truncated JSON event")
-    wait_for(lambda: service.store.dead_letters(1))
+    poll(lambda: service.store.dead_letters(1), 15)
     letters = service.store.dead_letters(1)
     tl.say("WORKER", f"DEAD-LETTERED  {letters[0].reason if letters else '(none)'}")
     tl.expect(bool(letters), "the malformed event was dead-lettered with its reason")
     send("com.oms.indexing.completed", {"job_id": "job-2", "record_count": 10_000, "index_size_bytes": 52_428_800})
-    done = wait_for(lambda: not locks_of("job-2"))
+    done = poll(lambda: not locks_of("job-2"), 15)
     worker_news()
     tl.expect(bool(done), "job-2 released on completion")
     acquired = [e for e in service.store.audit(500, BRANCH) if e.kind is AuditKind.ACQUIRED and e.job_id == "job-2"]
@@ -171,19 +162,19 @@ def _shadow_scenario(service: Service, send: Callable, worker_news: Callable[[],
         send("com.oms.indexing.started", {"job_id": job, "branch": BRANCH, "resource_types": ["object_type", "link_type"],
                                           "indexing_mode": "shadow", "index_type": "SEARCH_INDEX",
                                           "service_name": "funnel-service", "heartbeat_interval_s": 5})
-        wait_for(lambda: _state(service, job) == "PREPARING")
+        poll(lambda: _state(service, job) == "PREPARING", 15)
         send("com.oms.indexing.heartbeat", {"job_id": job, "service_name": "funnel-service", "status": "healthy",
                                             "progress_percent": 50, "record_count": 5_000 * n})
-        wait_for(lambda: _state(service, job) == "BUILDING")
+        poll(lambda: _state(service, job) == "BUILDING", 15)
         during = service.check(BRANCH, "object_type", "write")
         tl.say("DEVELOPER", f"may I write object_type while {job} builds? -> {'ALLOWED' if during.allowed else 'DENIED'}")
         tl.expect(during.allowed, f"writes allowed while {job} is BUILDING")
         location = write_index(folder / job, 10_000 * n)
         send("com.oms.indexing.completed", {"job_id": job, "record_count": 10_000 * n,
                                             "index_size_bytes": 50_000_000 * n, "location": location})
-        wait_for(lambda: _state(service, job) == "BUILT")
+        poll(lambda: _state(service, job) == "BUILT", 15)
         send("com.oms.shadow.switch.requested", {"job_id": job})
-        wait_for(lambda: _state(service, job) == "ACTIVE" and service.shadows.status(job)["blackout_ms"] is not None)
+        poll(lambda: _state(service, job) == "ACTIVE" and service.shadows.status(job)["blackout_ms"] is not None, 15)
         worker_news()
         status = service.shadows.status(job)
         pointer = service.shadows.current(BRANCH, "SEARCH_INDEX")

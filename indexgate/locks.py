@@ -1,4 +1,4 @@
-"""Lock rules, pure: conflict, grant, heartbeat, expiry, health, extend, release, check.
+"""Lock rules, pure: conflict, grant, heartbeat, expiry, health, extend, release.
 
 Every function takes a ``BranchState`` and ``now`` and returns a ``Transition``: a new state
 plus the audit entries describing what changed. Nothing here touches a store, a broker or
@@ -12,13 +12,14 @@ acquire never wait for them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Iterable
 
 from pydantic import BaseModel
 
 from indexgate.errors import InvalidRequest, LockNotFound
+from indexgate.rules import Policy, Transition
 
 from schemas.records import (
     AuditEntry,
@@ -32,44 +33,7 @@ from schemas.records import (
     ReleaseReason,
 )
 
-ALWAYS_ALLOWED_ACTIONS = frozenset({"read", "draft"})
 SWEEPER = "indexgate-sweeper"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The numbers the rules depend on (from ``Settings``)."""
-
-    default_ttl_s: float = 14_400
-    max_ttl_s: float = 86_400
-    default_heartbeat_interval_s: float = 120
-    missed_heartbeats: int = 3
-    job_retention_s: float = 7 * 86_400
-
-
-@dataclass
-class Transition:
-    """The result of one rule: the new state and what it did."""
-
-    state: Any  # BranchState here, IndexState in indexgate.shadows
-    audit: list[AuditEntry] = field(default_factory=list)
-
-    _touched: bool = False
-
-    @property
-    def changed(self) -> bool:
-        """True when the state must be saved (not for ignored or unknown-job events)."""
-        return self._touched or any(entry.kind not in _NO_CHANGE for entry in self.audit)
-
-    def note(self, entry: AuditEntry) -> None:
-        self.audit.append(entry)
-
-    def touch(self) -> None:
-        """Mark a change that is worth saving but not worth an audit entry (heartbeat)."""
-        self._touched = True
-
-
-_NO_CHANGE = frozenset({AuditKind.IGNORED, AuditKind.UNKNOWN_JOB, AuditKind.REFUSED, AuditKind.SHADOW_REFUSED})
 
 
 @dataclass(frozen=True)
@@ -103,17 +67,6 @@ class LockView(BaseModel):
     death_reason: ReleaseReason | None
     heartbeat_deadline: datetime
     seconds_since_heartbeat: float
-
-
-class Decision(BaseModel):
-    """The permission check's answer."""
-
-    allowed: bool
-    branch: str
-    resource_type: str | None
-    action: str
-    message: str
-    blocking: LockView | None = None
 
 
 # --- liveness -------------------------------------------------------------------------
@@ -310,41 +263,6 @@ def refresh_health(state: BranchState, now: datetime, policy: Policy) -> Transit
             ))
             lock.last_health = current
     return t
-
-
-def check(state: BranchState | None, branch: str, resource_type: str | None, action: str, now: datetime, policy: Policy) -> Decision:
-    """May ``action`` on ``resource_type`` of ``branch`` proceed now? Dead locks never bind."""
-    base = {"branch": branch, "resource_type": resource_type, "action": action}
-    if action in ALWAYS_ALLOWED_ACTIONS:
-        return Decision(allowed=True, message=f"{action} is always allowed", **base)
-    blocking = [
-        lock for lock in (state.locks if state else [])
-        if conflicts(lock.resource_type, resource_type) and in_force(lock, now, policy)
-    ]
-    if not blocking:
-        return Decision(allowed=True, message=f"{action} on {resource_type or 'the branch'} of {branch} is allowed", **base)
-    lock = min(blocking, key=lambda candidate: candidate.fencing_token)
-    lock_view = view(lock, now, policy)
-    return Decision(allowed=False, message=denial_message(lock_view, action, resource_type), blocking=lock_view, **base)
-
-
-def denial_message(v: LockView, action: str, resource_type: str | None) -> str:
-    lock = v.lock
-    scope = f"{lock.resource_type} on branch {lock.branch}" if lock.resource_type else f"the whole branch {lock.branch}"
-    parts = [f"{action} denied: {scope} is locked by {lock.holder} (job {lock.job_id}, lock {lock.lock_id}, {lock.kind.lower()})"]
-    if lock.reason:
-        parts.append(f"reason: {lock.reason}")
-    if lock.progress_percent is not None:
-        parts.append(f"progress {lock.progress_percent:.0f}%")
-    if lock.estimated_remaining_s is not None:
-        parts.append(f"ETA {lock.estimated_remaining_s:.0f} s")
-    free_at = min(lock.expires_at, v.heartbeat_deadline)
-    parts.append(f"expires at {lock.expires_at.isoformat()} (free by {free_at.isoformat()} at the latest if its heartbeats stop)")
-    if lock.resource_type:
-        parts.append(f"other resource types of {lock.branch} stay editable, and draft edits are allowed")
-    else:
-        parts.append("draft edits are allowed")
-    return "; ".join(parts)
 
 
 # --- helpers --------------------------------------------------------------------------

@@ -17,7 +17,10 @@ from typing import Any, Callable, Sequence
 from indexgate import locks
 from indexgate.clock import Clock, utcnow
 from indexgate.errors import LockNotFound, VersionConflict
-from indexgate.locks import AcquireRequest, Decision, HeartbeatUpdate, LockView, Policy, Transition
+from indexgate import permissions
+from indexgate.locks import AcquireRequest, HeartbeatUpdate, LockView
+from indexgate.permissions import Decision
+from indexgate.rules import Policy, Transition
 from indexgate.settings import Settings
 from indexgate.shadow_service import Shadows, SwitchPolicy
 from indexgate.store import Store, open_store
@@ -130,7 +133,7 @@ class Service:
 
     def check(self, branch: str, resource_type: str | None, action: str = "write") -> Decision:
         """The permission check; a store failure propagates as ``StoreUnavailable``."""
-        return locks.check(self.store.load(branch), branch, resource_type, action, self.clock(), self.policy)
+        return permissions.check(self.store.load(branch), branch, resource_type, action, self.clock(), self.policy)
 
     def list_locks(self, branch: str | None = None) -> list[LockView]:
         now = self.clock()

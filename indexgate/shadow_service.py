@@ -34,7 +34,8 @@ from pydantic import BaseModel
 
 from indexgate import locations, shadows
 from indexgate.errors import IndexgateError, InvalidRequest, InvalidTransition, StaleFencingToken, SwitchInProgress
-from indexgate.locks import AcquireRequest, Transition
+from indexgate.locks import AcquireRequest
+from indexgate.rules import Transition
 from indexgate.settings import Settings
 from schemas.payloads import HeartbeatData, JobEnd, StartedData, SwitchRequestData
 from schemas.records import AuditKind, LockKind, ReleaseReason

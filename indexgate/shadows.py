@@ -18,7 +18,7 @@ from typing import Iterable
 from pydantic import BaseModel
 
 from indexgate.errors import InvalidRequest, InvalidTransition, StaleFencingToken
-from indexgate.locks import Policy, Transition
+from indexgate.rules import Policy, Transition
 from schemas.records import AuditEntry, AuditKind
 from schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState
 

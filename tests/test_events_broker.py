@@ -17,6 +17,7 @@ from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_rabbitmq_ev
 from kombu import Exchange, Queue
 
 from events.publisher import Publisher, broker_connection, funnel_event
+from indexgate.clock import poll
 from indexgate.service import Service
 from indexgate.settings import Settings
 from schemas.records import AuditKind
@@ -27,13 +28,9 @@ BRANCH = "feature/user-schema"
 
 def eventually(predicate: Callable[[], object], timeout_s: float = 20.0) -> object:
     """Poll until ``predicate`` is truthy; a bound on waiting, not a timing assertion."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+    value = poll(predicate, timeout_s)
+    assert value, f"condition not met within {timeout_s} s"
+    return value
 
 
 def fixture_event(name: str) -> dict:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from indexgate import locks
+from indexgate import locks, permissions
 from indexgate.errors import InvalidRequest, LockNotFound
 from indexgate.locks import AcquireRequest, HeartbeatUpdate, Policy
 from schemas.records import AuditKind, BranchState, Health, JobStatus, ReleaseReason
@@ -52,7 +52,7 @@ def only_lock(state: BranchState):
 
 
 def allowed(state: BranchState | None, rt: str | None, now: datetime, action: str = "write") -> bool:
-    return locks.check(state, BRANCH, rt, action, now, POLICY).allowed
+    return permissions.check(state, BRANCH, rt, action, now, POLICY).allowed
 
 
 # --- conflicts ---------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_death_is_exactly_at_the_heartbeat_deadline_without_any_sweep():
     state = held(req("job-1", "object_type"))
     deadline = at(HB_DEADLINE_S)
     assert locks.heartbeat_deadline(only_lock(state), POLICY) == deadline
-    denied = locks.check(state, BRANCH, "object_type", "write", deadline - MS, POLICY)
+    denied = permissions.check(state, BRANCH, "object_type", "write", deadline - MS, POLICY)
     assert not denied.allowed and denied.blocking.death_reason is None
     assert allowed(state, "object_type", deadline)
     assert only_lock(state).job_id == "job-1"  # still stored: the check did not need a sweep
@@ -355,14 +355,14 @@ def test_read_and_draft_are_always_allowed(action):
 
 
 def test_check_on_a_branch_without_state_is_allowed():
-    decision = locks.check(None, BRANCH, "object_type", "write", T0, POLICY)
+    decision = permissions.check(None, BRANCH, "object_type", "write", T0, POLICY)
     assert decision.allowed and decision.blocking is None
 
 
 def test_denial_message_explains_the_typed_lock():
     state = held(req("job-1", "object_type", holder="builder-a"))
     state = beat(state, 30, progress_percent=75, estimated_remaining_s=600).state
-    decision = locks.check(state, BRANCH, "object_type", "write", at(40), POLICY)
+    decision = permissions.check(state, BRANCH, "object_type", "write", at(40), POLICY)
     lock = only_lock(state)
     assert not decision.allowed and decision.blocking.lock.lock_id == lock.lock_id
     for needle in ("builder-a", "job job-1", "progress 75%", "ETA 600 s", lock.expires_at.isoformat(),
@@ -371,7 +371,7 @@ def test_denial_message_explains_the_typed_lock():
 
 
 def test_denial_message_for_a_branch_wide_lock():
-    message = locks.check(held(req()), BRANCH, "object_type", "write", T0, POLICY).message
+    message = permissions.check(held(req()), BRANCH, "object_type", "write", T0, POLICY).message
     assert f"the whole branch {BRANCH}" in message and "draft edits are allowed" in message
     assert "stay editable" not in message
 
@@ -392,7 +392,7 @@ def _rules(state: BranchState):
         lambda: locks.extend(state, lock_id, 60, "ops", "why", at(1), POLICY),
         lambda: locks.sweep(state, now, POLICY, TTL + HEARTBEAT),
         lambda: locks.refresh_health(state, at(100), POLICY),
-        lambda: locks.check(state, BRANCH, "object_type", "write", at(1), POLICY),
+        lambda: permissions.check(state, BRANCH, "object_type", "write", at(1), POLICY),
     ]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from indexgate import shadows
 from indexgate.errors import InvalidRequest, InvalidTransition, StaleFencingToken
-from indexgate.locks import Policy, Transition
+from indexgate.rules import Policy, Transition
 from indexgate.shadows import LEGAL, BuildRequest, LocationFacts
 from schemas.records import AuditKind
 from schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState as S

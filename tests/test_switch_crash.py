@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from events.publisher import Publisher, funnel_event
+from indexgate.clock import poll
 from indexgate.locations import write_index
 from indexgate.service import Service
 from indexgate.settings import Settings
@@ -50,13 +51,9 @@ def build_and_complete(service: Service, job: str, folder: Path, records: int = 
 
 
 def until(predicate, timeout_s: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout_s} s")
+    value = poll(predicate, timeout_s)
+    assert value, f"{what} not reached within {timeout_s} s"
+    return value
 
 
 @pytest.mark.parametrize("step", STEPS)

@@ -86,8 +86,9 @@ class Settings(BaseSettings):
         7 * 86_400, description="How long finished jobs are remembered (duplicate guard)."
     )
     redis_visibility_timeout_s: float = Field(
-        3600, description="Redis broker: an unacked message is redelivered after this; keep it far above "
-        "store_retry_max_s so a message waiting for its retry is not delivered twice.",
+        600, description="Redis broker: a crashed worker's unacked messages come back after this. Keep it "
+        "above task_time_limit (300 s) and store_retry_max_s, or running/waiting tasks are delivered twice "
+        "(harmless - events are idempotent - but wasted work).",
     )
     store_retry_max_s: float = Field(
         60, description="Longest backoff between retries while the store is unavailable."

@@ -6,8 +6,9 @@ Why each setting (see also the README's operations section):
   effect is committed; a SIGKILLed worker's message is redelivered, and the idempotent
   service makes the second delivery harmless.
 - ``worker_prefetch_multiplier=1``: a crashed worker holds back as few messages as possible.
-- Redis ``visibility_timeout`` (1 h) is far above the longest retry backoff (60 s), so
-  messages waiting for a retry are not redelivered twice.
+- Redis ``visibility_timeout`` (600 s) is above the task time limit (300 s) and the longest
+  retry backoff (60 s), so running or waiting tasks are not delivered twice, while a
+  crashed worker's messages come back within ten minutes.
 - RabbitMQ ``confirm_publish``: the intake acks a funnel message only after the broker
   confirmed the hand-off task.
 - Task events on, so Flower can show the workers.

@@ -25,6 +25,7 @@ from schemas.records import (
     AuditEntry,
     AuditKind,
     BranchState,
+    FinishedJob,
     Health,
     JobRecord,
     JobStatus,
@@ -206,7 +207,7 @@ def release_job(
         return t
     for lock in _job_locks(t.state, job_id):
         _remove(t, lock, reason, actor, now, detail or {})
-    _end_job(job, now, str(reason))
+    _end_job(t.state, job, now, str(reason))
     return t
 
 
@@ -276,11 +277,17 @@ def _normalized(resource_types: tuple[str | None, ...]) -> tuple[str | None, ...
 
 
 def _copy(state: BranchState, now: datetime, policy: Policy) -> BranchState:
-    """A deep copy with long-finished jobs forgotten (bounded memory of the duplicate guard)."""
-    new = state.model_copy(deep=True)
+    """A copy the rule may change, with long-finished jobs forgotten. Locks and active jobs
+    hold only immutable values, so a shallow copy of each is a full copy; finished jobs are
+    frozen and shared."""
     horizon = now - timedelta(seconds=policy.job_retention_s)
-    new.jobs = [job for job in new.jobs if job.ended_at is None or job.ended_at >= horizon]
-    return new
+    recent = sorted(((done.ended_at, job_id) for job_id, done in state.finished.items() if done.ended_at >= horizon),
+                    reverse=True)[: policy.max_finished_jobs]
+    return state.model_copy(update={
+        "locks": [lock.model_copy() for lock in state.locks],
+        "jobs": [job.model_copy() for job in state.jobs],
+        "finished": {job_id: state.finished[job_id] for _, job_id in recent},
+    })
 
 
 def _job_locks(state: BranchState, job_id: str) -> list[Lock]:
@@ -311,16 +318,15 @@ def _remove(t: Transition, lock: Lock, reason: ReleaseReason, actor: str, now: d
     t.note(_entry(AuditKind.RELEASED, now, actor, lock, reason=str(reason), detail=detail))
 
 
-def _end_job(job: JobRecord, now: datetime, outcome: str) -> None:
-    job.status = JobStatus.ENDED
-    job.ended_at = now
-    job.outcome = outcome
+def _end_job(state: BranchState, job: JobRecord, now: datetime, outcome: str) -> None:
+    state.jobs = [other for other in state.jobs if other.job_id != job.job_id]
+    state.finished[job.job_id] = FinishedJob(status=JobStatus.ENDED, holder=job.holder, ended_at=now, outcome=outcome)
 
 
 def _end_job_if_lockless(state: BranchState, job_id: str, now: datetime, outcome: str) -> None:
     job = state.job(job_id)
     if job and job.status is JobStatus.ACTIVE and not _job_locks(state, job_id):
-        _end_job(job, now, outcome)
+        _end_job(state, job, now, outcome)
 
 
 def _extend_for_eta(t: Transition, lock: Lock, now: datetime, policy: Policy) -> None:
@@ -341,10 +347,8 @@ def _set_expiry(t: Transition, lock: Lock, new_expiry: datetime, actor: str, why
 
 
 def _refuse(t: Transition, req: AcquireRequest, blockers: list[Lock], now: datetime) -> Transition:
-    t.state.jobs.append(JobRecord(
-        job_id=req.job_id, branch=t.state.branch, status=JobStatus.REFUSED, holder=req.holder,
-        last_event_time=req.event_time, ended_at=now, outcome="refused",
-    ))
+    t.state.finished[req.job_id] = FinishedJob(status=JobStatus.REFUSED, holder=req.holder, ended_at=now,
+                                               outcome="refused")
     t.touch()
     held = [{"lock_id": b.lock_id, "job_id": b.job_id, "holder": b.holder, "resource_type": b.resource_type,
              "expires_at": b.expires_at.isoformat()} for b in blockers]

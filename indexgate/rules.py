@@ -22,6 +22,7 @@ class Policy:
     default_heartbeat_interval_s: float = 120
     missed_heartbeats: int = 3
     job_retention_s: float = 7 * 86_400
+    max_finished_jobs: int = 50
 
 
 @dataclass

@@ -61,6 +61,7 @@ def policy_from(settings: Settings) -> Policy:
         default_heartbeat_interval_s=settings.default_heartbeat_interval_s,
         missed_heartbeats=settings.missed_heartbeats,
         job_retention_s=settings.job_retention_s,
+        max_finished_jobs=settings.max_finished_jobs,
     )
 
 

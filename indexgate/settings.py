@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     job_retention_s: float = Field(
         7 * 86_400, description="How long finished jobs are remembered (duplicate guard)."
     )
+    max_finished_jobs: int = Field(
+        50, description="At most this many finished jobs are remembered per branch (newest first): every "
+        "check and write reads them, so the bound keeps both fast. Exact duplicates are caught by the "
+        "event inbox regardless.",
+    )
     redis_visibility_timeout_s: float = Field(
         600, description="Redis broker: a crashed worker's unacked messages come back after this. Keep it "
         "above task_time_limit (300 s) and store_retry_max_s, or running/waiting tasks are delivered twice "

@@ -98,20 +98,40 @@ class JobRecord(_Record):
     outcome: str | None = None
 
 
+class FinishedJob(_Record):
+    """What is kept of an ended or refused job: enough to ignore its late events."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: JobStatus
+    holder: str = ""
+    ended_at: datetime
+    outcome: str | None = None
+
+
 class BranchState(_Record):
     """The aggregate: everything one compare-and-swap on a branch changes together.
 
     ``version`` guards the swap; ``fence`` is the last fencing token issued on the branch.
+    Active jobs are full records; finished ones are small frozen entries (never mutated, so
+    a rule need not copy them), kept for ``job_retention_s`` as the duplicate guard.
     """
 
     branch: str
     version: int = 0
     fence: int = 0
     locks: list[Lock] = Field(default_factory=list)
-    jobs: list[JobRecord] = Field(default_factory=list)
+    jobs: list[JobRecord] = Field(default_factory=list)  # active
+    finished: dict[str, FinishedJob] = Field(default_factory=dict)
 
     def job(self, job_id: str) -> JobRecord | None:
-        return next((job for job in self.jobs if job.job_id == job_id), None)
+        """The active job's record, or a read-only view of a finished one, or None."""
+        active = next((job for job in self.jobs if job.job_id == job_id), None)
+        if active is not None or job_id not in self.finished:
+            return active
+        done = self.finished[job_id]
+        return JobRecord(job_id=job_id, branch=self.branch, status=done.status, holder=done.holder,
+                         ended_at=done.ended_at, outcome=done.outcome)
 
 
 class AuditEntry(_Record):

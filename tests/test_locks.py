@@ -404,3 +404,23 @@ def test_rules_never_mutate_their_input(index):
     assert state.model_dump() == before
     if isinstance(result, locks.Transition):
         assert result.state is not state
+
+
+def test_finished_jobs_are_remembered_newest_first_up_to_the_bound() -> None:
+    policy = Policy(max_finished_jobs=5, job_retention_s=3600)
+    state = BranchState(branch=BRANCH)
+    for n in range(8):
+        state = locks.acquire(state, req(f"job-{n}", "object_type"), at(n), policy).state
+        state = locks.release_job(state, f"job-{n}", ReleaseReason.COMPLETED, "funnel", at(n + 0.5), policy).state
+    remembered = set(locks.acquire(state, req("probe", "link_type"), at(10), policy).state.finished)
+    assert {"job-3", "job-4", "job-5", "job-6", "job-7"} <= remembered and "job-0" not in remembered
+    late = locks.acquire(state, req("job-7", "object_type"), at(11), policy)
+    assert [e.kind for e in late.audit] == [AuditKind.IGNORED] and not late.state.locks  # still guarded
+
+
+def test_finished_jobs_past_retention_are_forgotten() -> None:
+    policy = Policy(job_retention_s=60)
+    state = locks.acquire(BranchState(branch=BRANCH), req("old", "object_type"), T0, policy).state
+    state = locks.release_job(state, "old", ReleaseReason.COMPLETED, "funnel", at(1), policy).state
+    assert "old" in state.finished
+    assert "old" not in locks.acquire(state, req("new", "link_type"), at(120), policy).state.finished

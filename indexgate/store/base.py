@@ -19,6 +19,13 @@ from schemas.records import AuditEntry, BranchState, DeadLetter
 from schemas.shadows import IndexState
 
 
+def job_refs(state: BranchState, audit: Sequence[AuditEntry]) -> list[str]:
+    """The job ids a branch save must index for ``branch_of_job``: its active jobs and the
+    jobs its audit entries name (a refused job is never active, yet its late events must
+    still find the branch). Finished jobs were indexed when they started."""
+    return sorted({job.job_id for job in state.jobs} | {e.job_id for e in audit if e.job_id and e.branch == state.branch})
+
+
 class Store(Protocol):
     def load(self, branch: str) -> BranchState | None:
         """The branch's aggregate, or None if the branch never had a lock."""

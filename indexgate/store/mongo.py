@@ -215,7 +215,7 @@ class MongoStore:
                 if done.matched_count != 1:
                     raise conflict
         try:  # committed: the rest is recoverable by flush_pending, so a failure here is not the caller's
-            self._complete(name, key, rows, _refs(name, doc), inbox)
+            self._complete(name, key, rows, _refs(name, doc, rows), inbox)
         except StoreUnavailable:
             log.warning("%s %s committed at version %d; its audit/inbox writes wait for flush_pending",
                         noun, key, version + 1, exc_info=True)
@@ -239,7 +239,7 @@ class MongoStore:
                                                         "doc.builds": 1})
                 pending += [(name, raw) for raw in found]
         for name, raw in pending:
-            refs = _refs(name, raw.get("doc", {}))
+            refs = _refs(name, raw.get("doc", {}), raw.get("pending_audit", []))
             self._complete(name, raw["_id"], raw.get("pending_audit", []), refs, raw.get("pending_inbox", []))
         return len(pending)
 
@@ -341,11 +341,12 @@ class MongoStore:
             return list(self._col(name).find(query).sort("seq", order).limit(max(limit, 0)))
 
 
-def _refs(name: str, doc: dict[str, Any]) -> list[str]:
-    """The ids an aggregate's JSON document is found by: a branch's job ids; an index's
-    build job ids and shadow ids."""
+def _refs(name: str, doc: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The ids an aggregate's JSON document is found by: a branch's active job ids and the
+    jobs its audit rows name (see ``base.job_refs``); an index's build job ids and shadow ids."""
     if name == "branches":
-        return [job["job_id"] for job in doc.get("jobs", [])]
+        named = {row["doc"].get("job_id") for row in rows if row["doc"].get("branch") == doc.get("branch")}
+        return sorted({job["job_id"] for job in doc.get("jobs", [])} | named - {None})
     return sorted({ref for build in doc.get("builds", []) for ref in (build["job_id"], build["shadow_index_id"])})
 
 

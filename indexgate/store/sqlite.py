@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from indexgate.errors import StoreUnavailable, VersionConflict
+from indexgate.store.base import job_refs
 from schemas.records import AuditEntry, BranchState, DeadLetter
 from schemas.shadows import IndexState
 
@@ -114,7 +115,7 @@ class SqliteStore:
                       {"has_locks": int(bool(new.locks))})
             conn.executemany(
                 "INSERT OR IGNORE INTO jobs (job_id, branch) VALUES (?, ?)",
-                [(job.job_id, state.branch) for job in new.jobs],
+                [(job_id, state.branch) for job_id in job_refs(new, audit)],
             )
             self._append(conn, audit, inbox_key)
         return new.version

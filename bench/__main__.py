@@ -1,37 +1,95 @@
-"""``python -m bench``: run the benchmarks, print every figure beside its baseline, write
-``bench/results/`` (JSON, markdown, histogram PNG). Needs Redis (or RabbitMQ) on localhost."""
+"""``python -m bench``: run the benchmarks, print every figure beside a baseline measured in
+the same run, and write ``RESULTS.md``, ``results.json`` and ``latency.png`` into ``bench/``
+(``--out`` elsewhere). Needs Redis (and RabbitMQ for ``--broker rabbitmq``) on localhost.
+
+Suites (default: all but soak, in this order): throughput, latency, locks, check,
+dead_holder, switch. ``--soak N`` adds the soak (N events) to the suites run; to run only
+the soak: ``python -m bench soak --soak 20000``. Nothing asserts: goals are reported met or
+missed, and a suite that fails is reported and the others still run (exit status 1).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
+import time
+import traceback
 from pathlib import Path
 
-from bench import switch
+from bench import check, dead_holder, latency, locks, soak, switch, throughput
 from bench.common import Report, machine, now_iso
 
-SUITES = {"switch": switch.run}
+DEFAULT = ["throughput", "latency", "locks", "check", "dead_holder", "switch"]
+SUITES = DEFAULT + ["soak"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("suites", nargs="*", default=list(SUITES), help=f"which ({', '.join(SUITES)}); default all")
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suites", nargs="*", metavar="suite", help=f"which of {', '.join(SUITES)}; default all but soak")
     parser.add_argument("--broker", default="redis", help="redis (default), rabbitmq, or a broker URL")
+    parser.add_argument("--heartbeats", type=int, default=3000, help="throughput: heartbeats (and noop tasks)")
+    parser.add_argument("--latency-events", type=int, default=1000, help="latency: paced heartbeats (at most ~10 s)")
+    parser.add_argument("--lock-ops", type=int, default=500)
+    parser.add_argument("--checks", type=int, default=5000, help="check: samples per variant")
+    parser.add_argument("--dead-runs", type=int, default=10)
     parser.add_argument("--switches", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--soak", type=int, metavar="N", help="also run the soak with N events")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="throughput: also measure a worker with Celery task events off (diagnostic)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="where to write (default bench/)")
     args = parser.parse_args(argv)
-    report = Report(context={"when": now_iso(), "machine": machine(), "broker": args.broker,
-                             "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])})
-    print(f"indexgate benchmarks on {args.broker}; every figure beside a baseline from this run")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.suites:
+    names = list(args.suites or DEFAULT)
+    if args.soak and "soak" not in names:
+        names.append("soak")
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+
+    store = "MongoDB (MONGODB_URL)" if os.environ.get("MONGODB_URL") else "SQLite (embedded, synchronous=FULL)"
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    report = Report(context={"when": now_iso(), "machine": machine(), "broker": args.broker, "store": store,
+                             "suites": ", ".join(names), "load average at start": load,
+                             "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])})
+    print(f"indexgate benchmarks on {args.broker}, store {store}; load average {load}")
+    print("every figure beside a baseline measured in this run; goals are reported, not asserted")
+    failed: list[str] = []
+    results: dict[str, object] = {}
+    t_all = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="indexgate-bench-") as tmp:
+        for name in names:
             print(f"[{name}]", flush=True)
-            if name == "switch":
-                switch.run(report, Path(tmp) / name, args.broker, switches=args.switches)
+            folder = Path(tmp) / name
+            t0 = time.monotonic()
+            try:
+                if name == "throughput":
+                    results[name] = throughput.run(report, folder, args.broker, heartbeats=args.heartbeats,
+                                                   diagnose=args.diagnose)
+                elif name == "latency":
+                    results[name] = latency.run(report, folder, args.broker, rate=results.get("throughput"),
+                                                events=args.latency_events)
+                elif name == "locks":
+                    results[name] = locks.run(report, folder, args.broker, ops=args.lock_ops)
+                elif name == "check":
+                    results[name] = check.run(report, folder, args.broker, samples=args.checks)
+                elif name == "dead_holder":
+                    results[name] = dead_holder.run(report, folder, args.broker, runs=args.dead_runs)
+                elif name == "switch":
+                    results[name] = switch.run(report, folder, args.broker, switches=args.switches)
+                elif name == "soak":
+                    results[name] = soak.run(report, folder, args.broker, events=args.soak or 20_000)
+            except Exception as exc:  # report it, keep the other suites' figures
+                traceback.print_exc()
+                failed.append(f"- {name}: {type(exc).__name__}: {exc}")
+            print(f"  ({name}: {time.monotonic() - t0:.0f} s)", flush=True)
+    report.context["duration_s"] = f"{time.monotonic() - t_all:.0f}"
+    if failed:
+        report.context["errors"] = "\n".join(failed)
     report.write(args.out)
-    print(f"wrote {args.out}/results.json, RESULTS.md, latency.png")
-    return 0
+    print(f"wrote {args.out}/RESULTS.md, results.json, latency.png in {report.context['duration_s']} s")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ plainly; nothing here asserts.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -56,6 +57,20 @@ def cleanup(settings: Settings) -> None:
                 Exchange(name, channel=conn.channel()).delete()
             except Exception:
                 pass
+    if settings.resolved_broker_url.startswith("redis"):
+        # kombu's Redis transport keeps each exchange's bindings in sets that deleting a queue
+        # declared elsewhere leaves behind; every name here carries this run's suffix
+        import redis
+
+        client = redis.Redis.from_url(settings.resolved_broker_url)
+        try:
+            exchanges = (settings.funnel_exchange, settings.out_exchange, settings.task_queue)
+            client.delete(*[f"_kombu.{kind}.{name}" for name in exchanges for kind in ("binding", "binding_permanent")],
+                          *[settings.task_queue, settings.intake_queue])
+        except redis.RedisError:
+            pass
+        finally:
+            client.close()
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -114,21 +129,35 @@ class Report:
     def write(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         payload = {"context": self.context, "figures": [asdict(f) | {"ratio": f.ratio} for f in self.figures],
-                   "samples": self.samples}
+                   "samples": {k: [round(v, 4) for v in values] for k, values in self.samples.items()}}
         (folder / "results.json").write_text(json.dumps(payload, indent=2))
         (folder / "RESULTS.md").write_text(self.markdown())
         self._histogram(folder / "latency.png")
 
     def markdown(self) -> str:
-        lines = ["# indexgate benchmark results", "", f"Run {self.context.get('when', '')} on "
-                 f"{self.context.get('machine', '')}.", "", f"Command: `{self.context.get('command', '')}`", "",
-                 "| figure | value | baseline (same run) | ratio | goal | met |", "|---|---|---|---|---|---|"]
+        ctx = self.context
+        lines = ["# indexgate benchmark results", "",
+                 f"Run {ctx.get('when', '')} on **{ctx.get('machine', '')}**.", "",
+                 f"Command: `{ctx.get('command', '')}`", "",
+                 f"Broker: {ctx.get('broker', '')}; store: {ctx.get('store', '')}; "
+                 f"suites: {ctx.get('suites', '')}; took {ctx.get('duration_s', '?')} s; load average at start "
+                 f"{ctx.get('load average at start', '?')} (other work on the machine shows in each note's CPU "
+                 "split as 'rest of the machine').", "",
+                 "Absolute times drift on a shared machine, so every figure stands beside a baseline "
+                 "measured in the same run; the ratio is value / baseline. Goals are reported, never asserted.",
+                 "", "| figure | value | baseline (same run) | ratio | goal | met |", "|---|---|---|---|---|---|"]
         for f in self.figures:
             lines.append(f"| {f.name} | {f.value:.3f} {f.unit} | {f.baseline_name}: {f.baseline:.3f} | "
                          f"{f.ratio:.3f} | {f.goal} | {'yes' if f.met else '**no**'} |")
         missed = [f for f in self.figures if not f.met]
         lines += ["", "## Goals missed", ""]
         lines += [f"- **{f.name}**: {f.note or 'see value'}" for f in missed] or ["None."]
+        notes = [f for f in self.figures if f.met and f.note]
+        if notes:
+            lines += ["", "## Notes", ""]
+            lines += [f"- **{f.name}**: {f.note}" for f in notes]
+        if ctx.get("errors"):
+            lines += ["", "## Suites that failed", "", ctx["errors"]]
         lines += ["", "![latency histograms](latency.png)", ""]
         return "\n".join(lines)
 
@@ -156,6 +185,219 @@ class Report:
         fig.tight_layout()
         fig.savefig(path, dpi=90)
         plt.close(fig)
+
+
+# --- events as the funnel sends them ---------------------------------------------------
+
+SOURCE = "indexgate-bench"
+
+
+def event_key(event) -> str:
+    """The store's idempotency key of a published event (``store.seen`` takes it)."""
+    return f"{event.get_source()}|{event.get_id()}"
+
+
+def started(job: str, branch: str, resource_types: list[str], **data) -> "object":
+    from events.publisher import funnel_event
+
+    return funnel_event("com.oms.indexing.started", {"job_id": job, "branch": branch,
+                                                      "resource_types": resource_types, **data}, source=SOURCE)
+
+
+def heartbeat(job: str, n: int, tag: str) -> "object":
+    from events.publisher import funnel_event
+
+    return funnel_event("com.oms.indexing.heartbeat", {"job_id": job, "progress_percent": n % 100},
+                        source=SOURCE, event_id=f"{tag}-{n:07d}")
+
+
+def completed(job: str) -> "object":
+    from events.publisher import funnel_event
+
+    return funnel_event("com.oms.indexing.completed", {"job_id": job, "record_count": 1}, source=SOURCE)
+
+
+class SeenWatcher:
+    """Tells when every key of a list is ``seen`` in the store, cheaply: keys are checked
+    oldest first and each poll stops at the first one not yet applied, so every key is
+    read about once however long the run (prefork may apply a few out of order; they are
+    simply found when the front reaches them)."""
+
+    def __init__(self, store, keys: list[str]) -> None:
+        self.store = store
+        self.keys = keys
+        self.front = 0
+
+    def advance(self) -> int:
+        while self.front < len(self.keys) and self.store.seen(self.keys[self.front]):
+            self.front += 1
+        return self.front
+
+    def wait_all(self, timeout_s: float, every_s: float = 0.005) -> float:
+        """Block until all keys are seen; returns ``time.perf_counter()`` at that moment."""
+        deadline = time.monotonic() + timeout_s
+        while self.advance() < len(self.keys):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {self.front} of {len(self.keys)} events applied within {timeout_s:.0f} s")
+            time.sleep(every_s)
+        return time.perf_counter()
+
+
+# --- where the time goes ---------------------------------------------------------------
+
+
+class TimedStore:
+    """A store proxy adding up the wall time of each store verb (in this process)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str):
+        value = getattr(self._inner, name)
+        if not callable(value) or name.startswith("_"):
+            return value
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return value(*args, **kwargs)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+                self.calls[name] = self.calls.get(name, 0) + 1
+
+        return timed
+
+
+def profiled_sqlite_store(path: Path, synchronous: str = "FULL"):
+    """An embedded store that also adds up the time of its ``COMMIT`` statements (where
+    SQLite waits for the disk) apart from everything else it does."""
+    import sqlite3
+    from contextlib import contextmanager
+
+    from indexgate.errors import StoreUnavailable
+    from indexgate.store.sqlite import SqliteStore
+
+    class ProfiledSqliteStore(SqliteStore):
+        commit_s = 0.0
+        commits = 0
+
+        @contextmanager
+        def _tx(self, write: bool):  # SqliteStore._tx, with the COMMIT timed
+            with self._mutex:
+                try:
+                    conn = self._connection()
+                    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                    try:
+                        yield conn
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    t0 = time.perf_counter()
+                    conn.execute("COMMIT")
+                    if write:
+                        self.commit_s += time.perf_counter() - t0
+                        self.commits += 1
+                except (sqlite3.Error, OSError) as exc:
+                    self._drop()
+                    raise StoreUnavailable(f"SQLite store {self.path} unavailable: {exc}") from exc
+
+    return ProfiledSqliteStore(path, synchronous=synchronous)
+
+
+class CpuMeter:
+    """CPU seconds spent by the worker's main process, its pool children and this process
+    between ``start`` and ``stop`` (psutil; empty without it)."""
+
+    def __init__(self, procs, broker_port: int | None = None) -> None:
+        self.procs = procs
+        self.before: dict[str, float] = {}
+        self.wall = 0.0
+        self.broker_pid = broker_pid(broker_port) if broker_port else None
+
+    def _sample(self) -> dict[str, float]:
+        try:
+            import psutil
+        except ImportError:
+            return {}
+        out = {"worker main": 0.0, "pool children": 0.0, "bench process": 0.0}
+        for proc in self.procs:
+            try:
+                main = psutil.Process(proc.pid)
+                t = main.cpu_times()
+                out["worker main"] += t.user + t.system
+                for child in main.children(recursive=True):
+                    c = child.cpu_times()
+                    out["pool children"] += c.user + c.system
+            except psutil.Error:
+                pass
+        t = psutil.Process().cpu_times()
+        out["bench process"] = t.user + t.system
+        if self.broker_pid:
+            try:
+                t = psutil.Process(self.broker_pid).cpu_times()
+                out["broker server"] = t.user + t.system
+            except psutil.Error:
+                pass
+        t = psutil.cpu_times()
+        out["machine"] = sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) \
+            - getattr(t, "guest_nice", 0.0)
+        return out
+
+    def start(self) -> "CpuMeter":
+        self.before = self._sample()
+        self.wall = time.perf_counter()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        after = self._sample()
+        wall = time.perf_counter() - self.wall
+        used = {k: after[k] - self.before.get(k, 0.0) for k in after}
+        return used | {"wall": wall}
+
+    @staticmethod
+    def describe(used: dict[str, float]) -> str:
+        if len(used) <= 1:
+            return "CPU split unknown (psutil not installed)"
+        wall = used["wall"]
+        ours = {k: v for k, v in used.items() if k not in ("wall", "machine")}
+        parts = [f"{k} {v:.2f} s" for k, v in ours.items()]
+        others = max(0.0, used.get("machine", 0.0) - sum(ours.values()))
+        return (f"CPU over {wall:.2f} s wall: " + ", ".join(parts) + f", rest of the machine {others:.2f} s "
+                f"(machine busy {used.get('machine', 0.0) / wall:.2f} of {os.cpu_count()} cores)")
+
+
+def broker_pid(port: int) -> int | None:
+    """The pid of the local server listening on ``port`` (for its CPU time), if visible."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return conn.pid
+    except Exception:  # not permitted, or psutil missing: the split just lacks the broker
+        return None
+    return None
+
+
+def worker_rss(procs) -> tuple[int, int]:
+    """Resident set size (bytes) of the worker main processes and of all their children."""
+    import psutil
+
+    mains = children = 0
+    for proc in procs:
+        try:
+            main = psutil.Process(proc.pid)
+            mains += main.memory_info().rss
+            for p in main.children(recursive=True):
+                try:
+                    children += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+    return mains, children
 
 
 def machine() -> str:

@@ -11,7 +11,9 @@ Why each setting (see also the README's operations section):
   crashed worker's messages come back within ten minutes.
 - RabbitMQ ``confirm_publish``: the intake acks a funnel message only after the broker
   confirmed the hand-off task.
-- Task events on, so Flower can show the workers.
+- Task events off by default: publishing them cost the worker a third of its event
+  throughput (bench/RESULTS.md). Flower switches them on at runtime (its
+  ``enable_events``), or set ``INDEXGATE_TASK_EVENTS=true``.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=300,
         task_soft_time_limit=240,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         beat_schedule=build_schedule(settings),
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),

@@ -116,9 +116,13 @@ def _incoming(event: CloudEvent, has_time: bool, allowlist: list[str] | None) ->
     if not isinstance(data, dict):
         raise MalformedEvent(f"data must be a JSON object, got {type(data).__name__}")
     time = event.get_time() if has_time else None
+    try:
+        utc = as_utc(time) if time else None
+    except OverflowError as exc:
+        raise MalformedEvent(f"attribute 'time' {time!r} is outside the representable range") from exc
     return IncomingEvent(
         id=event.get_id(), source=event.get_source(), type=event.get_type(),
-        time=as_utc(time) if time else None, subject=event.get_subject(), data=data,
+        time=utc, subject=event.get_subject(), data=data,
     )
 
 

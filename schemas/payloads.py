@@ -14,10 +14,11 @@ from typing import Literal
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, model_validator
 
 NonEmpty = Field(min_length=1, max_length=512)
+MAX_SECONDS = 10 * 365 * 86_400  # durations beyond ten years are nonsense, and overflow datetime
 
 
 class _Payload(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True)
+    model_config = ConfigDict(populate_by_name=True, extra="allow", frozen=True, allow_inf_nan=False)
 
 
 class StartedData(_Payload):
@@ -32,7 +33,7 @@ class StartedData(_Payload):
     index_type: str | None = None
     shadow_index_id: str | None = Field(None, min_length=1, max_length=512)
     heartbeat_interval_s: float | None = Field(None, gt=0, le=86_400)
-    ttl_s: float | None = Field(None, gt=0)
+    ttl_s: float | None = Field(None, gt=0, le=MAX_SECONDS)
     service_name: str | None = Field(None, max_length=512)
     reason: str | None = Field(None, max_length=4096)
 
@@ -60,6 +61,7 @@ class HeartbeatData(_Payload):
     estimated_remaining_s: float | None = Field(
         None,
         ge=0,
+        le=MAX_SECONDS,
         validation_alias=AliasChoices(
             "estimated_remaining_s", AliasPath("progress_info", "estimated_remaining_s")
         ),

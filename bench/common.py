@@ -273,35 +273,18 @@ class TimedStore:
 def profiled_sqlite_store(path: Path, synchronous: str = "FULL"):
     """An embedded store that also adds up the time of its ``COMMIT`` statements (where
     SQLite waits for the disk) apart from everything else it does."""
-    import sqlite3
-    from contextlib import contextmanager
-
-    from indexgate.errors import StoreUnavailable
     from indexgate.store.sqlite import SqliteStore
 
     class ProfiledSqliteStore(SqliteStore):
         commit_s = 0.0
         commits = 0
 
-        @contextmanager
-        def _tx(self, write: bool):  # SqliteStore._tx, with the COMMIT timed
-            with self._mutex:
-                try:
-                    conn = self._connection()
-                    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                    try:
-                        yield conn
-                    except BaseException:
-                        conn.execute("ROLLBACK")
-                        raise
-                    t0 = time.perf_counter()
-                    conn.execute("COMMIT")
-                    if write:
-                        self.commit_s += time.perf_counter() - t0
-                        self.commits += 1
-                except (sqlite3.Error, OSError) as exc:
-                    self._drop()
-                    raise StoreUnavailable(f"SQLite store {self.path} unavailable: {exc}") from exc
+        def _commit(self, conn, write: bool) -> None:
+            t0 = time.perf_counter()
+            super()._commit(conn, write)
+            if write:
+                self.commit_s += time.perf_counter() - t0
+                self.commits += 1
 
     return ProfiledSqliteStore(path, synchronous=synchronous)
 

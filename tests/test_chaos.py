@@ -6,11 +6,12 @@ broker restart) and the SQLite store; every row must show 0 lost, 0 applied twic
 stuck past their deadline and 0 worker crashes, and the mutex history must have no
 conflicting grants and strictly increasing fencing tokens. About 2.5 minutes in all.
 
-One check is marked ``xfail`` because it fails for a known reason outside indexgate: a Redis restart can lose in-flight messages (kombu's Redis transport pops a
-  message with BRPOP before recording it as unacked) and can kill the worker (a Celery/kombu
-  bug on connection loss with unacked messages); both happen in most runs, not all. The
-  RabbitMQ restart row is asserted in full. ``python -m bench.chaos.findings
-  redis_restart_crash`` shows the crash with a plain Celery app.
+One check is marked ``xfail`` (not strict) because it fails for known reasons outside
+indexgate: a Redis restart can lose in-flight messages (kombu's Redis transport pops a
+message with BRPOP before recording it as unacked) and can kill the worker (a Celery/kombu
+bug on connection loss with unacked messages); both happen in many runs, not all. The
+RabbitMQ restart row is asserted in full. ``python -m bench.chaos.findings
+redis_restart_crash`` shows the crash with a plain Celery app.
 """
 
 from __future__ import annotations

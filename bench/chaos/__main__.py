@@ -2,8 +2,13 @@
 
 Runs the chaos scenarios against real worker processes, a real broker and the SQLite
 store, and prints one row per scenario (definitions in ``bench/chaos/common.py``), then
-each scenario's notes. Everything runs on 127.0.0.1; with ``--broker redis`` (default)
-every scenario starts its own ``redis-server`` on a free port and stops it afterwards.
+each scenario's notes. Everything runs on 127.0.0.1. With ``--broker redis`` (default)
+each scenario that needs Redis starts its own ``redis-server`` on a free port and stops it
+afterwards; ``sigkill_whole`` always uses the local RabbitMQ (on Redis a whole-worker kill
+can lose messages: ``python -m bench.chaos.findings redis_whole_kill``), and
+``broker_restart_rabbitmq`` starts a private RabbitMQ node (the shared one is never
+restarted). ``--broker rabbitmq`` runs sigkill, store_outage and hostile on the local
+RabbitMQ instead.
 Exit status 1 if any row has lost, applied-twice or stuck events, a crash, a conflict
 (mutex_history), or an internal error / misrouted message / invariant violation (hostile).
 """

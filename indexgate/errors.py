@@ -4,6 +4,7 @@
 
     IndexgateError
     ├── ConfigError                 a setting cannot be used (bad URL scheme, ...)
+    ├── DuplicateEvent              the event's source|id was committed by a concurrent delivery
     ├── MalformedEvent              an incoming event cannot be decoded or validated;
     │                               it is dead-lettered with this message as the reason
     ├── TransientError              retry later: the task layer retries these with backoff
@@ -29,6 +30,10 @@ class IndexgateError(Exception):
 
 class ConfigError(IndexgateError):
     """A setting has a value indexgate cannot use."""
+
+
+class DuplicateEvent(IndexgateError):
+    """The event was already applied: its inbox key exists (the whole commit is rolled back)."""
 
 
 class MalformedEvent(IndexgateError):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from indexgate import locks
 from indexgate.clock import Clock, utcnow
-from indexgate.errors import LockNotFound, VersionConflict
+from indexgate.errors import DuplicateEvent, LockNotFound, VersionConflict
 from indexgate import permissions
 from indexgate.locks import AcquireRequest, HeartbeatUpdate, LockView
 from indexgate.permissions import Decision
@@ -186,7 +186,10 @@ class Service:
                      why: str) -> Outcome:
         entry = AuditEntry(at=self.clock(), kind=kind, actor=origin.actor, branch=branch, job_id=job_id,
                            reason=why, published=True, cause=origin.key)
-        self.store.record([entry], origin.key)
+        try:
+            self.store.record([entry], origin.key)
+        except DuplicateEvent as exc:
+            return Outcome(status="duplicate", detail=str(exc))
         return Outcome(status=str(kind), detail=why, audit=[entry])
 
     def _mutate(self, branch: str, rule: Callable[[BranchState, datetime], Transition], origin: Origin) -> Outcome:
@@ -209,6 +212,8 @@ class Service:
                     self.store.record(transition.audit, origin.key)
             except VersionConflict:
                 continue
+            except DuplicateEvent as exc:  # a concurrent delivery of this event committed first
+                return Outcome(status="duplicate", detail=str(exc))
             self._announce(transition.audit)
             return _outcome(transition)
         raise VersionConflict(f"{name} kept changing during {CAS_ATTEMPTS} attempts; will retry")

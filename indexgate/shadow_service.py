@@ -20,6 +20,7 @@ which the switch can simply be requested again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from pydantic import BaseModel
 
 from indexgate import locations, shadows
-from indexgate.errors import IndexgateError, InvalidRequest, InvalidTransition, StaleFencingToken, SwitchInProgress
+from indexgate.errors import DuplicateEvent, IndexgateError, InvalidRequest, InvalidTransition, StaleFencingToken, SwitchInProgress
 from indexgate.locks import AcquireRequest
 from indexgate.rules import Transition
 from indexgate.settings import Settings
@@ -133,7 +134,8 @@ class Shadows:
         result = self.switch(data.ref, force=data.force, checks=data.validation_checks, backup=data.backup_current,
                              actor=origin.actor, retry_if_busy=True)
         if origin.key:
-            self.service.store.record([], origin.key)
+            with contextlib.suppress(DuplicateEvent):  # a concurrent delivery recorded it first
+                self.service.store.record([], origin.key)
         return Outcome(status=result.status, detail=result.detail)
 
     # --- the switch ---------------------------------------------------------------------

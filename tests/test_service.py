@@ -415,3 +415,18 @@ def test_two_services_racing_on_a_new_branch(pair, monkeypatch):
     loads = lose_first_race(monkeypatch, service_a, lambda: start(service_b, "job-b"))
     assert start(service_a, "job-a").status == "refused" and loads[0] is None  # the INSERT path
     assert [(v.lock.job_id, v.lock.fencing_token) for v in service_b.list_locks()] == [("job-b", 1)]
+
+
+def test_two_concurrent_deliveries_of_one_event_commit_once(service, store) -> None:
+    """Both deliveries pass the early `seen` check (they race); the inbox key, inserted in
+    the same transaction as the effect, lets only one commit."""
+    from indexgate.service import Origin
+    from schemas.payloads import StartedData
+
+    origin = Origin(actor="funnel", key="funnel|same-event")
+    first = service.start(StartedData(job_id="job-a", branch=BRANCH, resource_types=["object_type"]), origin)
+    second = service.start(StartedData(job_id="job-b", branch=BRANCH, resource_types=["link_type"]), origin)
+    assert first.status == "applied" and second.status == "duplicate"
+    caused = [e for e in store.audit(50) if e.cause == "funnel|same-event"]
+    assert {e.job_id for e in caused} == {"job-a"}
+    assert [v.lock.job_id for v in service.list_locks(BRANCH)] == ["job-a"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from indexgate.errors import StoreUnavailable, VersionConflict
+from indexgate.errors import DuplicateEvent, StoreUnavailable, VersionConflict
 from indexgate.store.base import Store
 from indexgate.store.mongo import MongoStore
 from indexgate.store.sqlite import SqliteStore
@@ -343,7 +343,8 @@ def test_inbox_keys_are_seen_after_save_and_record(store: Store) -> None:
     store.record([], "src|2")
     assert store.seen("src|1") and store.seen("src|2")
     assert not store.seen("src|3")
-    store.record([], "src|2")  # a key seen twice is not an error
+    with pytest.raises(DuplicateEvent):  # a concurrent second delivery loses
+        store.record([], "src|2")
     assert store.seen("src|2")
 
 

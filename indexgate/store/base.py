@@ -52,7 +52,9 @@ class Store(Protocol):
         """Every index aggregate (listings, sweeps)."""
 
     def record(self, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> None:
-        """Append audit entries (and mark an event seen) without changing any aggregate."""
+        """Append audit entries (and mark an event seen) without changing any aggregate.
+        Raises ``DuplicateEvent`` if the key was already seen (nothing is written); ``save``
+        does the same on SQLite, in the same transaction as the effect."""
 
     def seen(self, inbox_key: str) -> bool:
         """Whether the event with this ``source|id`` key was already applied."""

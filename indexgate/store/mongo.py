@@ -50,7 +50,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 
-from indexgate.errors import ConfigError, StoreUnavailable, VersionConflict
+from indexgate.errors import ConfigError, DuplicateEvent, StoreUnavailable, VersionConflict
 from schemas.records import AuditEntry, BranchState, DeadLetter
 from schemas.shadows import IndexState
 
@@ -223,10 +223,16 @@ class MongoStore:
 
     def record(self, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> None:
         rows = self._audit_rows(audit)
+        if inbox_key is not None:  # claim the key first: a concurrent delivery loses here
+            try:
+                with self._call("inbox claim"):
+                    self._col("inbox").insert_one({"_id": inbox_key})
+            except StoreUnavailable as exc:
+                if isinstance(exc.__cause__, DuplicateKeyError):
+                    raise DuplicateEvent(f"event {inbox_key} was already applied") from exc
+                raise
         with self._call("record of audit entries"):
-            self._insert_ignoring_duplicates(self._col("audit"), rows)  # inbox last: a crash means redelivery
-            if inbox_key is not None:
-                self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": inbox_key}])
+            self._insert_ignoring_duplicates(self._col("audit"), rows)
 
     def flush_pending(self) -> int:
         """Finish the post-CAS writes a crash left on branch and index documents (reference

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from indexgate.errors import StoreUnavailable, VersionConflict
+from indexgate.errors import DuplicateEvent, StoreUnavailable, VersionConflict
 from indexgate.store.base import job_refs
 from schemas.records import AuditEntry, BranchState, DeadLetter
 from schemas.shadows import IndexState
@@ -175,9 +175,10 @@ class SqliteStore:
             [(e.entry_id, e.at.isoformat(), e.branch, int(e.published), e.model_dump_json()) for e in audit],
         )
         if inbox_key is not None:
-            conn.execute(
-                "INSERT OR IGNORE INTO inbox (key, at) VALUES (?, datetime('now'))", (inbox_key,)
-            )
+            try:  # a plain INSERT: a concurrent delivery of the same event loses here, whole
+                conn.execute("INSERT INTO inbox (key, at) VALUES (?, datetime('now'))", (inbox_key,))
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateEvent(f"event {inbox_key} was already applied") from exc
 
     def seen(self, inbox_key: str) -> bool:
         with self._tx(write=False) as conn:

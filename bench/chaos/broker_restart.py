@@ -23,10 +23,10 @@ import time
 
 from kombu import Connection
 
-from bench.chaos.common import (Ledger, RabbitNode, RedisServer, Row, Workers, account, broker_diagnosis,
+from bench.chaos.common import (Ledger, RabbitNode, RedisServer, Row, Workers, account, broker_diagnosis, cleanup_all,
                                 delivery_settings, scratch, settle, wait_applied)
 from bench.chaos.stream import JobStream
-from bench.common import bench_settings, cleanup
+from bench.common import bench_settings
 from events.publisher import Publisher
 from indexgate.service import Service
 
@@ -138,7 +138,7 @@ def _exercise(row: Row, settings, publisher: Publisher, restart, restarts: int, 
         publisher.close()
         service.store.close()
         try:
-            cleanup(settings)
+            cleanup_all(settings)
         except Exception:
             pass
     row.runs = len(hows)

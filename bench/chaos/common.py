@@ -13,7 +13,7 @@ Definitions (the same for every scenario):
   than one commit;
 - *locks stuck past deadline* = a stored lock still ``in_force`` at or after
   ``min(expires_at, heartbeat deadline)``, plus any lock still stored whose job's end
-  event (completed / failed / cancelled) was applied, or every job of the run ended.
+  event (completed / failed / cancelled) was sent, or every job of the run ended.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from indexgate.clock import utcnow
 from indexgate.locks import conflicts
 from indexgate.service import Service
 from indexgate.settings import Settings
-from schemas.records import AuditEntry, AuditKind, JobStatus
+from schemas.records import AuditEntry, AuditKind
 from workers.processes import PROJECT_ROOT, settings_env
 
 TOKEN_RE = re.compile(r"chaos-[0-9a-f]{8}-\d{6}")
@@ -127,9 +127,10 @@ class Ledger:
     def __len__(self) -> int:
         return len(self.events)
 
-    def ended_jobs(self, applied: set[str]) -> set[str]:
-        return {e.job for e in self.events.values() if e.type in END_TYPES and e.job and e.token in applied
-                and not e.expect_dead}
+    def ended_jobs(self) -> set[str]:
+        """Jobs whose end (completed / failed / cancelled) the funnel sent - applied or not: a
+        lost end leaves a lock behind, which is then counted as stuck too."""
+        return {e.job for e in self.events.values() if e.type in END_TYPES and e.job and not e.expect_dead}
 
 
 def all_audit(store) -> list[AuditEntry]:
@@ -221,7 +222,7 @@ def account(service: Service, ledger: Ledger, all_jobs_ended: bool = False,
         detail = {c: sorted({str(e.kind) for e in audit if e.cause == c}) for c in sample}
         counts.notes.append(f"APPLIED TWICE: {len(twice_causes)} cause(s) in >1 commit {detail}; "
                             f"{len(twice_jobs)} job(s) acquired in >1 commit {sorted(twice_jobs)[:3]}")
-    stuck = stuck_locks(service, ledger.ended_jobs(applied), all_jobs_ended, now)
+    stuck = stuck_locks(service, ledger.ended_jobs(), all_jobs_ended, now)
     counts.stuck = len(stuck)
     if stuck:
         counts.notes.append(f"STUCK {len(stuck)}: {stuck[:3]}")
@@ -272,14 +273,6 @@ def invariant_violations(service: Service, now: datetime | None = None) -> list[
         elif entry.kind is AuditKind.RELEASED:
             live.pop(entry.lock_id, None)
     return problems
-
-
-def job_statuses(service: Service) -> dict[str, JobStatus]:
-    out = {}
-    for state in service.store.branches_with_locks():
-        for job in state.jobs:
-            out[job.job_id] = job.status
-    return out
 
 
 # --- a private redis-server ------------------------------------------------------------
@@ -474,21 +467,31 @@ class Workers:
                     reap_orphan(pid)
 
     def crashes(self) -> tuple[int, list[str]]:
-        """Deaths we did not cause, and unhandled task errors, from the process table and logs."""
+        """Deaths we did not cause, and unhandled task errors, from the process table and logs.
+        A worker that died on its own counts once (its log's last words are shown with it)."""
         found: list[str] = []
+        count = 0
         for proc, log in zip(self.procs, self.logs):
-            if proc.poll() is not None and proc.pid not in self.killed and proc.pid not in self.stopped:
-                found.append(f"worker {proc.pid} exited on its own with {proc.returncode} ({log.name})")
-        for log in self.logs:
             text = log.read_text(errors="replace") if log.exists() else ""
+            fatal = [line.strip()[:300] for line in text.splitlines()
+                     if "Unrecoverable error" in line or ("CRITICAL" in line and "Couldn't ack" not in line)]
+            died = proc.poll() is not None and proc.pid not in self.killed and proc.pid not in self.stopped
+            if died:
+                count += 1
+                found.append(f"worker {proc.pid} exited on its own with {proc.returncode} ({log.name})"
+                             + (f": {fatal[0]}" if fatal else ""))
+            else:
+                count += len(fatal)
+                found += [f"{log.name}: {line}" for line in fatal]
             for match in re.finditer(r"Process '[^']+' pid:(\d+) exited with '([^']+)'", text):
                 if int(match.group(1)) not in self.killed:
+                    count += 1
                     found.append(f"pool process {match.group(1)} died: {match.group(2)} ({log.name})")
             for line in text.splitlines():
-                if ("raised unexpected" in line or "Unrecoverable error" in line
-                        or ("CRITICAL" in line and "Couldn't ack" not in line)):  # a failed ack is redelivered
+                if "raised unexpected" in line:
+                    count += 1
                     found.append(f"{log.name}: {line.strip()[:300]}")
-        return len(found), found
+        return count, found
 
     def tail(self, chars: int = 2000) -> str:
         return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-chars:]}" for log in self.logs
@@ -527,12 +530,6 @@ def reap_orphan(pid: int, timeout_s: float = 10) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def bounded(seconds: float) -> Callable[[], bool]:
-    """``while not over():`` for loops that must end."""
-    deadline = time.monotonic() + seconds
-    return lambda: time.monotonic() > deadline
 
 
 def quiet_logs() -> None:
@@ -720,3 +717,18 @@ class RabbitNode:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def cleanup_all(settings: Settings) -> None:
+    """``bench.common.cleanup`` plus the direct exchange Celery declares for the task queue
+    (named like the queue), which that helper leaves behind on RabbitMQ."""
+    from kombu import Connection, Exchange
+
+    from bench.common import cleanup
+
+    cleanup(settings)
+    try:
+        with Connection(settings.broker_url, connect_timeout=5) as conn:
+            Exchange(settings.task_queue, channel=conn.channel()).delete()
+    except Exception:  # never declared, or the broker is already gone
+        pass

@@ -28,10 +28,10 @@ from collections import Counter, defaultdict
 
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage
 
-from bench.chaos.common import (Ledger, Row, Workers, account, applied_tokens, broker_url, dead_tokens,
+from bench.chaos.common import (Ledger, Row, Workers, account, applied_tokens, broker_url, cleanup_all, dead_tokens,
                                 invariant_violations, scratch, settle, wait_applied)
 from bench.chaos.hostile_gen import ALLOWED, Msg, generate
-from bench.common import bench_settings, cleanup
+from bench.common import bench_settings
 from events.decode import RawMessage
 from events.intake import ingest
 from events.publisher import Publisher, intake_queue
@@ -124,7 +124,7 @@ def _through_broker(row: Row, folder, url: str, ledger: Ledger, msgs: list[Msg])
         workers.stop_all()
         publisher.close()
         service.store.close()
-        cleanup(settings)
+        cleanup_all(settings)
     crashes, found = workers.crashes()
     row.crashes += crashes
     row.notes += [f"through the broker: {f}" for f in found[:5]]

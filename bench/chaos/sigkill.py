@@ -29,10 +29,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.chaos.common import (Ledger, broker_diagnosis, Row, Workers, account, alive, broker_url, children, delivery_settings, scratch,
-                                settle, wait_applied)
+from bench.chaos.common import (Ledger, Row, Workers, account, alive, broker_diagnosis, broker_url, children,
+                                cleanup_all, delivery_settings, scratch, settle, wait_applied)
 from bench.chaos.stream import JobStream
-from bench.common import bench_settings, cleanup
+from bench.common import bench_settings
 from events.publisher import Publisher
 from indexgate.service import Service
 
@@ -111,7 +111,7 @@ def _run(name: str, broker: str, whole: bool, target: int, seed: int, visibility
             workers.stop_all()
             publisher.close()
             service.store.close()
-            cleanup(settings)
+            cleanup_all(settings)
         row.runs = stats["mid_event"]
         row.crashes, found = workers.crashes()
         row.notes += found[:5]

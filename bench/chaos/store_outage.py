@@ -16,14 +16,13 @@ import random
 import re
 import subprocess
 import sys
-import time
 from collections import Counter
 from datetime import datetime
 
-from bench.chaos.common import (Ledger, Row, Workers, account, broker_diagnosis, broker_url, delivery_settings,
-                                scratch, settle, wait_applied)
+from bench.chaos.common import (Ledger, Row, Workers, account, broker_diagnosis, broker_url, cleanup_all,
+                                delivery_settings, scratch, settle, wait_applied)
 from bench.chaos.stream import JobStream
-from bench.common import bench_settings, cleanup
+from bench.common import bench_settings
 from events.publisher import Publisher
 from indexgate.service import Service
 
@@ -94,7 +93,7 @@ def run(broker: str = "redis", short: bool = True, seed: int = 31) -> Row:
             workers.stop_all()
             publisher.close()
             service.store.close()
-            cleanup(settings)
+            cleanup_all(settings)
         row.runs = outages
         row.crashes, found = workers.crashes()
         row.notes += found[:5]

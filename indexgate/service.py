@@ -223,8 +223,7 @@ class Service:
         if not due or self.notify is None:
             return
         try:
-            self.notify(due)
-            self.store.mark_published([entry.entry_id for entry in due])
+            self._publish(due)
         except Exception:  # the outbox relay re-sends what is still unpublished
             log.warning("outgoing events not published now; the outbox relay will retry", exc_info=True)
 
@@ -234,9 +233,14 @@ class Service:
             return 0
         due = self.store.unpublished(limit)
         if due:
-            self.notify(due)
-            self.store.mark_published([entry.entry_id for entry in due])
+            self._publish(due)
         return len(due)
+
+    def _publish(self, due: Sequence[AuditEntry]) -> None:
+        """Announce, then mark published: a crash in between only re-sends (at-least-once)."""
+        assert self.notify is not None
+        self.notify(due)
+        self.store.mark_published([entry.entry_id for entry in due])
 
     def record_dead_letter(self, letter: DeadLetter) -> None:
         self.store.add_dead_letter(letter)

@@ -42,37 +42,6 @@ def bench_settings(data_dir: Path, broker: str, **overrides) -> Settings:
     return settings
 
 
-def cleanup(settings: Settings) -> None:
-    """Delete the run's queues and exchanges from the shared broker."""
-    from kombu import Connection, Exchange, Queue
-
-    with Connection(settings.broker_url) as conn:
-        for name in (settings.intake_queue, settings.task_queue):
-            try:
-                Queue(name, channel=conn.channel()).delete()
-            except Exception:  # never declared
-                pass
-        for name in (settings.funnel_exchange, settings.out_exchange):
-            try:
-                Exchange(name, channel=conn.channel()).delete()
-            except Exception:
-                pass
-    if settings.resolved_broker_url.startswith("redis"):
-        # kombu's Redis transport keeps each exchange's bindings in sets that deleting a queue
-        # declared elsewhere leaves behind; every name here carries this run's suffix
-        import redis
-
-        client = redis.Redis.from_url(settings.resolved_broker_url)
-        try:
-            exchanges = (settings.funnel_exchange, settings.out_exchange, settings.task_queue)
-            client.delete(*[f"_kombu.{kind}.{name}" for name in exchanges for kind in ("binding", "binding_permanent")],
-                          *[settings.task_queue, settings.intake_queue])
-        except redis.RedisError:
-            pass
-        finally:
-            client.close()
-
-
 def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     if not ordered:

@@ -22,13 +22,23 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import (CpuMeter, Figure, Report, bench_settings, cleanup, event_key, heartbeat, percentiles,
-                          started, wait_until)
+from bench.common import (
+    CpuMeter,
+    Figure,
+    Report,
+    bench_settings,
+    event_key,
+    heartbeat,
+    percentiles,
+    started,
+    wait_until,
+)
 from bench.throughput import BRANCH, heartbeat_rate
 from events.publisher import Publisher
 from indexgate.service import Service
 from indexgate.settings import Settings
 from indexgate.store import open_store
+from workers.broker_names import delete_run_names
 from workers.processes import worker_processes
 
 POLL_S = 0.001
@@ -152,7 +162,7 @@ def run(report: Report, folder: Path, broker: str, rate: float | None = None, ev
         publisher.close()
         if poller.is_alive():
             poller.join(5)
-        cleanup(settings)
+        delete_run_names(settings)
     lat, rtt = percentiles(poller.latencies), percentiles(round_trips)
     context = (f"{n} heartbeats paced at {pace:.0f}/s (half of {rate:.0f}/s, {source}), published at "
                f"{achieved:.0f}/s, applied at {kept:.0f}/s; polled every {POLL_S * 1000:.0f} ms; "

@@ -24,7 +24,14 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from bench.common import Figure, Report, TimedStore, bench_settings, percentiles, profiled_sqlite_store
+from bench.common import (
+    Figure,
+    Report,
+    TimedStore,
+    bench_settings,
+    percentiles,
+    profiled_sqlite_store,
+)
 from indexgate.locks import AcquireRequest
 from indexgate.service import Origin, Service, policy_from
 from indexgate.store import open_store

@@ -27,11 +27,23 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import (CpuMeter, Figure, Report, SeenWatcher, bench_settings, cleanup, completed, event_key,
-                          heartbeat, started, wait_until, worker_rss)
+from bench.common import (
+    CpuMeter,
+    Figure,
+    Report,
+    SeenWatcher,
+    bench_settings,
+    completed,
+    event_key,
+    heartbeat,
+    started,
+    wait_until,
+    worker_rss,
+)
 from events.publisher import Publisher
 from indexgate.service import Service
 from workers.app import create_app
+from workers.broker_names import delete_run_names
 from workers.processes import worker_processes
 
 BATCH = 200
@@ -116,7 +128,7 @@ def run(report: Report, folder: Path, broker: str, events: int = 20_000, cycle: 
     finally:
         publisher.close()
         service.store.close()
-        cleanup(settings)
+        delete_run_names(settings)
 
     samples = sampler.samples
     total = applied["n"]

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.common import Figure, Report, bench_settings, cleanup, percentiles, wait_until
+from bench.common import Figure, Report, bench_settings, percentiles, wait_until
 from events.publisher import Publisher, funnel_event
 from indexgate.errors import IndexgateError
 from indexgate.locations import write_index
 from indexgate.service import Service
+from workers.broker_names import delete_run_names
 from workers.processes import worker_processes
 
 SEED_BLACKOUT_MS = 10_000.0
@@ -57,7 +58,7 @@ def run(report: Report, folder: Path, broker: str, switches: int = 100) -> list[
                 durations.append(status["switch_duration_ms"])
     finally:
         publisher.close()
-        cleanup(settings)
+        delete_run_names(settings)
     stats = percentiles(blackouts)
     for key in ("p50", "p99", "max"):
         report.add(Figure(f"switch blackout {key} ({switches} switches)", stats[key], "ms",

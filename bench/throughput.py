@@ -36,15 +36,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from bench.common import (CpuMeter, Figure, Report, SeenWatcher, TimedStore, bench_settings, cleanup,
-                          event_key, heartbeat, profiled_sqlite_store, started, wait_until)
+from bench.common import (
+    CpuMeter,
+    Figure,
+    Report,
+    SeenWatcher,
+    TimedStore,
+    bench_settings,
+    event_key,
+    heartbeat,
+    profiled_sqlite_store,
+    started,
+    wait_until,
+)
 from events.decode import RawMessage
 from events.intake import ingest
 from events.publisher import Publisher, encode
 from indexgate.service import Service, policy_from
 from indexgate.settings import Settings
 from workers.app import create_app
-from workers.processes import PROJECT_ROOT, settings_env, stop, wait_ready, worker_processes
+from workers.broker_names import delete_run_names
+from workers.processes import (
+    PROJECT_ROOT,
+    settings_env,
+    stop,
+    wait_ready,
+    worker_processes,
+)
 
 BRANCH = "bench/throughput"
 POLL_S = 0.005
@@ -271,7 +289,7 @@ def run(report: Report, folder: Path, broker: str, heartbeats: int = 3000, profi
                 variant = _measure(settings, procs, app, n)
         confirm_ms = None if settings.resolved_broker_url.startswith("redis") else confirmed_publish_ms(settings)
     finally:
-        cleanup(settings)
+        delete_run_names(settings)
     prof = profile_apply(folder, 500) if profile else None
     note = _limits(m, n, prof, confirm_ms)
     label = f"({n} events, {settings.resolved_broker_url.split(':')[0]})"

@@ -1,10 +1,14 @@
-"""kombu producers: the funnel-side publisher (``indexgate publish``) and outgoing events.
+"""Producers: the funnel-side publisher (``indexgate publish``) and outgoing events.
 
-Messages are built with the SDK's RabbitMQ binding (``to_structured`` / ``to_binary``) and
-published persistent to a durable topic exchange with the event type as routing key. On
-RabbitMQ any AMQP 0-9-1 client can publish the same way; kombu's Redis and filesystem
-transports only understand kombu's own envelope, so funnel integrators on Redis must use
-kombu (or this module).
+Messages are built with the SDK's RabbitMQ binding (``to_structured`` / ``to_binary``).
+Funnel events go where the worker's intake reads them:
+
+- RabbitMQ and the embedded broker: published persistent to a durable topic exchange with
+  the event type as routing key (any AMQP 0-9-1 client can publish the same way);
+- Redis: one entry in the intake stream (``events.redis_stream``, any Redis client can
+  ``XADD`` it), because kombu's Redis lists can lose a message when Redis restarts.
+
+Outgoing events (``indexgate.events``) always go through kombu.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from cloudevents.core.v1.event import CloudEvent
 from kombu import Connection, Exchange, Queue
 from kombu.pools import producers
 
+from events import redis_stream
 from events.fs_transport import TRANSPORT
 from events.outgoing import to_cloudevent
 from indexgate.clock import utcnow
@@ -66,6 +71,7 @@ class Publisher:
     def __init__(self, settings: Settings, connection: Connection | None = None) -> None:
         self.settings = settings
         self._connection = connection
+        self._redis = None
 
     @property
     def connection(self) -> Connection:
@@ -90,9 +96,18 @@ class Publisher:
             )
 
     def publish_funnel(self, event: CloudEvent, mode: Mode = "structured") -> None:
-        """What the funnel does: one event on ``funnel.events``, routing key = type."""
-        self.send(self.settings.funnel_exchange, event.get_type(), encode(event, mode),
-                  declare=[intake_queue(self.settings)])
+        """What the funnel does: one event on ``funnel.events`` (routing key = type), or
+        one entry in the intake stream on Redis."""
+        self.publish_raw(event.get_type(), encode(event, mode))
+
+    def publish_raw(self, routing_key: str, message: RabbitMQMessage) -> None:
+        """Any message, CloudEvent or not, where the intake reads (tests, chaos)."""
+        if redis_stream.uses_stream(self.settings):
+            if self._redis is None:
+                self._redis = redis_stream.client(self.settings)
+            redis_stream.publish(self._redis, self.settings, redis_stream.fields_of(message, routing_key))
+        else:
+            self.send(self.settings.funnel_exchange, routing_key, message, declare=[intake_queue(self.settings)])
 
     def publish_entries(self, entries: Sequence[AuditEntry]) -> None:
         """Announce transitions on ``indexgate.events`` (structured mode)."""
@@ -101,6 +116,9 @@ class Publisher:
             self.send(self.settings.out_exchange, event.get_type(), encode(event))
 
     def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
         if self._connection is not None:
             self._connection.release()
             self._connection = None

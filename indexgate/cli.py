@@ -12,10 +12,18 @@ import sys
 
 import click
 
-from indexgate.cli_common import EXIT_DENIED, emit, guarded, lock_json, operator_name, service
+from indexgate.cli_common import (
+    EXIT_DENIED,
+    emit,
+    guarded,
+    lock_json,
+    operator_name,
+    service,
+)
 from indexgate.cli_shadows import index, shadows
 from indexgate.service import Outcome
 from indexgate.settings import Settings
+
 
 @click.group()
 @click.version_option(package_name="indexgate")

@@ -20,7 +20,6 @@ from celery.beat import EmbeddedService
 from celery.contrib.testing.worker import start_worker
 
 from events.publisher import Publisher, funnel_event
-from indexgate.locks import heartbeat_deadline
 from indexgate.clock import poll
 from indexgate.errors import IndexgateError
 from indexgate.locations import write_index
@@ -132,8 +131,7 @@ def _scenario(service: Service, publisher: Publisher, tl: Timeline) -> int:
               "job-2's fencing token is higher than job-1's")
     send("com.oms.indexing.started", {"job_id": "job-2", "branch": BRANCH, "resource_types": ["object_type"],
                                       "service_name": "funnel-service"}, event_id=start_id)
-    publisher.send(publisher.settings.funnel_exchange, "com.oms.indexing.heartbeat",
-                   _raw(b'{"specversion": "1.0", "id": "broken"'))
+    publisher.publish_raw("com.oms.indexing.heartbeat", _raw(b'{"specversion": "1.0", "id": "broken"'))
     tl.say("FUNNEL", "sends a duplicate of job-2's start, and a truncated JSON event")
     poll(lambda: service.store.dead_letters(1), 15)
     letters = service.store.dead_letters(1)

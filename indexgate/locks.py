@@ -20,7 +20,6 @@ from pydantic import BaseModel
 
 from indexgate.errors import InvalidRequest, LockNotFound
 from indexgate.rules import Policy, Transition
-
 from schemas.records import (
     AuditEntry,
     AuditKind,

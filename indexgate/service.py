@@ -14,18 +14,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
-from indexgate import locks
+from indexgate import locks, permissions
 from indexgate.clock import Clock, utcnow
 from indexgate.errors import DuplicateEvent, LockNotFound, VersionConflict
-from indexgate import permissions
 from indexgate.locks import AcquireRequest, HeartbeatUpdate, LockView
 from indexgate.permissions import Decision
 from indexgate.rules import Policy, Transition
 from indexgate.settings import Settings
 from indexgate.shadow_service import Shadows, SwitchPolicy
 from indexgate.store import Store, open_store
-from schemas.payloads import HeartbeatData, StartedData, JobEnd
-from schemas.records import AuditEntry, AuditKind, BranchState, DeadLetter, Health, ReleaseReason
+from schemas.payloads import HeartbeatData, JobEnd, StartedData
+from schemas.records import (
+    AuditEntry,
+    AuditKind,
+    BranchState,
+    DeadLetter,
+    Health,
+    ReleaseReason,
+)
 
 log = logging.getLogger(__name__)
 

@@ -105,7 +105,19 @@ class Settings(BaseSettings):
         False, description="Send Celery task events from the start (Flower also enables them at runtime); "
         "they cost about a third of the worker's event throughput.",
     )
-    intake_prefetch: int = Field(64, description="Unacked funnel messages per worker consumer.")
+    intake_prefetch: int = Field(64, description="RabbitMQ / embedded broker: unacked funnel messages per worker.")
+    intake_group: str = Field("indexgate", description="Redis: the consumer group reading the intake stream.")
+    intake_batch_max: int = Field(
+        100, description="Redis: at most this many stream entries per hand-off task (fewer when fewer wait)."
+    )
+    intake_in_flight_max: int = Field(
+        1000, description="Redis: a worker reads no more entries while this many are handed off and unacked, "
+        "so none waits in the task queue long enough to be claimed again.",
+    )
+    intake_claim_idle_s: float = Field(
+        60, description="Redis: an entry unacked for this long (its worker died, its hand-off task was "
+        "lost in a Redis crash) is handed off again. Keep it above the time a batch takes to apply.",
+    )
 
     @property
     def resolved_broker_url(self) -> str:

@@ -34,13 +34,26 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from pydantic import BaseModel
 
 from indexgate import locations, shadows
-from indexgate.errors import DuplicateEvent, IndexgateError, InvalidRequest, InvalidTransition, StaleFencingToken, SwitchInProgress
+from indexgate.errors import (
+    DuplicateEvent,
+    IndexgateError,
+    InvalidRequest,
+    InvalidTransition,
+    StaleFencingToken,
+    SwitchInProgress,
+)
 from indexgate.locks import AcquireRequest
 from indexgate.rules import Transition
 from indexgate.settings import Settings
 from schemas.payloads import HeartbeatData, JobEnd, StartedData, SwitchRequestData
 from schemas.records import AuditKind, LockKind, ReleaseReason
-from schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState, index_key
+from schemas.shadows import (
+    IndexPointer,
+    IndexState,
+    ShadowBuild,
+    ShadowState,
+    index_key,
+)
 
 if TYPE_CHECKING:
     from indexgate.service import Origin, Outcome, Service

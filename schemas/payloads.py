@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AliasChoices,
+    AliasPath,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 NonEmpty = Field(min_length=1, max_length=512)
 MAX_SECONDS = 10 * 365 * 86_400  # durations beyond ten years are nonsense, and overflow datetime

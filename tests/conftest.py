@@ -17,9 +17,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from kombu import Connection, Exchange, Queue
 
 from indexgate.settings import Settings
+from workers.broker_names import delete_run_names
 from workers.processes import settings_env, worker_processes  # noqa: F401 (re-exported for tests)
 
 REDIS_URL = os.environ.get("INDEXGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -56,24 +56,6 @@ def isolated_settings(data_dir: Path, broker_url: str | None, **overrides) -> Se
     )
 
 
-def purge_names(settings: Settings) -> None:
-    """Delete the test's queues and exchanges on a shared broker."""
-    if not settings.broker_url:
-        return
-    with Connection(settings.broker_url) as conn:
-        channel = conn.default_channel
-        for name in (settings.intake_queue, settings.task_queue, f"{settings.out_exchange}.probe"):
-            try:
-                Queue(name, channel=channel).delete()
-            except Exception:  # never declared in this test
-                channel = conn.channel()
-        for name in (settings.funnel_exchange, settings.out_exchange):
-            try:
-                Exchange(name, channel=channel).delete()
-            except Exception:
-                channel = conn.channel()
-
-
 @pytest.fixture(params=list(BROKERS))
 def broker_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
     """Settings on each real broker in turn (redis, rabbitmq, embedded) with a SQLite store."""
@@ -83,7 +65,7 @@ def broker_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     settings = isolated_settings(tmp_path, url)
     settings.ensure_data_dirs()
     yield settings
-    purge_names(settings)
+    delete_run_names(settings)
 
 
 @contextmanager

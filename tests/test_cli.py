@@ -24,7 +24,14 @@ from indexgate.cli import main
 from indexgate.service import Service
 from indexgate.settings import Settings
 from schemas.records import AuditKind
-from tests.conftest import REDIS_URL, isolated_settings, purge_names, require_reachable, settings_env, worker_processes
+from tests.conftest import (
+    REDIS_URL,
+    isolated_settings,
+    require_reachable,
+    settings_env,
+    worker_processes,
+)
+from workers.broker_names import delete_run_names
 
 LOCK_FIELDS = {
     "lock_id", "branch", "resource_type", "holder", "job_id", "reason", "kind", "fencing_token", "acquired_at",
@@ -145,7 +152,7 @@ def test_celery_worker_consumes_what_indexgate_publish_sends_over_redis(tmp_path
                     break
                 time.sleep(0.2)
     finally:
-        purge_names(settings)
+        delete_run_names(settings)
     assert sorted((item["branch"], item["job_id"]) for item in listed) == [
         ("cli/binary", "job-binary"), ("cli/structured", "job-structured")]
 
@@ -173,7 +180,7 @@ def test_check_frees_a_lock_at_its_heartbeat_deadline_without_a_sweep(tmp_path: 
             time.sleep(max(0.0, wait_s) + 0.05)  # just past the deadline
             after = indexgate(env, "check", "b", "object_type", "--json")
     finally:
-        purge_names(settings)
+        delete_run_names(settings)
     assert checked_before_at < deadline_at and before.returncode == 3, before.stdout
     assert after.returncode == 0 and json.loads(after.stdout)["allowed"] is True
     service = Service.from_settings(settings)

@@ -18,7 +18,13 @@ from events.publisher import Publisher, funnel_event
 from indexgate.locks import conflicts
 from indexgate.service import Service
 from schemas.records import AuditKind
-from tests.conftest import REDIS_URL, isolated_settings, purge_names, require_reachable, worker_processes
+from tests.conftest import (
+    REDIS_URL,
+    isolated_settings,
+    require_reachable,
+    worker_processes,
+)
+from workers.broker_names import delete_run_names
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +70,7 @@ def test_concurrent_workers_never_grant_conflicting_locks(tmp_path) -> None:
                 wait_until(lambda: not service.list_locks(BRANCH))
     finally:
         publisher.close()
-        purge_names(settings)
+        delete_run_names(settings)
 
     history = list(reversed(service.store.audit(10_000, BRANCH)))  # commit order
     live: dict[str, tuple[str | None, str]] = {}

@@ -21,10 +21,10 @@ from events.publisher import Publisher, funnel_event
 from indexgate.clock import poll
 from indexgate.locations import write_index
 from indexgate.service import Service
-from indexgate.settings import Settings
 from schemas.records import AuditKind
 from schemas.shadows import ShadowState, index_key
-from tests.conftest import AMQP_URL, REDIS_URL, isolated_settings, purge_names, require_reachable
+from tests.conftest import AMQP_URL, REDIS_URL, isolated_settings, require_reachable
+from workers.broker_names import delete_run_names
 from workers.processes import start_worker, stop
 
 pytestmark = pytest.mark.slow
@@ -88,7 +88,7 @@ def test_sigkill_at_each_switch_step_leaves_old_or_new_never_none(step: str, tmp
     finally:
         stop(doomed)
         publisher.close()
-        purge_names(settings)
+        delete_run_names(settings)
     assert service.shadows.current(BRANCH, INDEX).shadow_index_id == new
     until(lambda: service.check(BRANCH, "object_type").allowed, 10, "no lock left in force")
 
@@ -118,7 +118,7 @@ def test_two_concurrent_switch_requests_exactly_one_wins(tmp_path: Path) -> None
         for proc in workers:
             stop(proc)
         publisher.close()
-        purge_names(settings)
+        delete_run_names(settings)
     switched = [e for e in service.store.audit(200) if e.kind is AuditKind.SWITCHED and e.detail.get("shadow_index_id") == new]
     assert len(switched) == 1, f"exactly one switch must win, got {len(switched)}"
     pointer = service.shadows.current(BRANCH, INDEX)

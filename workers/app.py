@@ -24,9 +24,10 @@ from celery.signals import worker_process_init
 from beat_schedule import build_schedule
 from events.fs_transport import TRANSPORT
 from indexgate.settings import Settings
-from workers.intake import IntakeStep
+from workers.intake import IntakeStep, StreamStep
 from workers.runtime import reset
 from workers.tasks import register_tasks
+
 
 def transport_options(settings: Settings) -> dict:
     url = settings.resolved_broker_url
@@ -67,7 +68,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
-    app.steps["consumer"].add(IntakeStep)
+    app.steps["consumer"].add(IntakeStep)  # each step includes itself only for its kind of broker
+    app.steps["worker"].add(StreamStep)
     register_tasks(app)
     _connect_signals(app)
     return app

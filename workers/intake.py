@@ -1,21 +1,32 @@
-"""The intake: a Celery consumer bootstep reading the funnel's CloudEvents.
+"""The intake: how the funnel's CloudEvents get from the broker into ``indexgate.intake`` tasks.
 
-Celery can only run its own task messages, so foreign messages arrive through a consumer
-bootstep (Celery's documented hook). The handler runs in the worker's consumer thread, so
-it stays light: it copies the raw message into one ``indexgate.intake`` task (durable,
-persistent) and only then acks the original. Decoding, validation, dead-lettering and the
-store all happen in the pool, under the tasks' retry policy. If the hand-off fails the
-original is not acked and the broker delivers it again.
+Celery only runs its own task messages, so foreign messages come in beside it and are
+handed to the pool as one ``indexgate.intake`` task each (durable, persistent); decoding,
+validation, dead-lettering and the store all happen in the pool, under the tasks' retry
+policy. Two doors, chosen by the broker:
+
+- RabbitMQ and the embedded broker: ``IntakeStep``, a consumer bootstep (Celery's
+  documented hook for foreign messages). It acks the original only after the broker
+  confirmed the hand-off task; if the hand-off fails the original is redelivered.
+- Redis: ``StreamStep`` starts ``StreamPump``, a thread reading the intake stream with a
+  consumer group (see ``events.redis_stream`` for why not a kombu list). It hands off a
+  batch of entries per task and does *not* ack them: the task acks each entry after its
+  effect is committed. Entries left pending by a dead worker or a lost task are claimed
+  after ``intake_claim_idle_s`` and handed off again.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from celery import bootsteps
 from kombu import Consumer
 
+from events import redis_stream
 from events.decode import RawMessage
+from events.intake import Delivery, HandOff
 from events.publisher import intake_queue
 from workers.runtime import settings_of
 
@@ -25,9 +36,14 @@ INTAKE_TASK = "indexgate.intake"
 
 
 class IntakeStep(bootsteps.ConsumerStep):
+    """RabbitMQ / embedded broker: one hand-off task per message, then ack."""
+
     def __init__(self, parent, **kwargs) -> None:
         self.app = parent.app
         super().__init__(parent, **kwargs)
+
+    def include_if(self, parent) -> bool:
+        return not redis_stream.uses_stream(settings_of(parent.app))
 
     def get_consumers(self, channel):
         prefetch = settings_of(self.app).intake_prefetch
@@ -40,8 +56,106 @@ class IntakeStep(bootsteps.ConsumerStep):
             (message.delivery_info or {}).get("routing_key"),
         )
         try:
-            self.app.send_task(INTAKE_TASK, args=[raw.model_dump(mode="json")])
+            hand_off(self.app, HandOff(items=[Delivery(raw=raw)]))
         except Exception:
             log.exception("could not hand a funnel event to the pool; it stays unacked and will be redelivered")
             return
         message.ack()
+
+
+def hand_off(app, handoff: HandOff) -> None:
+    app.send_task(INTAKE_TASK, args=[handoff.model_dump(mode="json")])
+
+
+class StreamStep(bootsteps.StartStopStep):
+    """Redis: runs a ``StreamPump`` for as long as the worker runs."""
+
+    def __init__(self, parent, **kwargs) -> None:
+        self.pump: StreamPump | None = None
+        super().__init__(parent, **kwargs)
+
+    def include_if(self, parent) -> bool:
+        return redis_stream.uses_stream(settings_of(parent.app))
+
+    def start(self, parent) -> None:
+        self.pump = StreamPump(parent.app, consumer=parent.hostname)
+        self.pump.start()
+
+    def stop(self, parent) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+
+    shutdown = stop
+
+
+class StreamPump(threading.Thread):
+    """Reads the intake stream and hands entries off; never acks (the task does)."""
+
+    BLOCK_MS = 1000  # how long one read waits; also how soon ``stop`` is noticed
+
+    def __init__(self, app, consumer: str) -> None:
+        super().__init__(name="indexgate-stream-intake", daemon=True)
+        self.app = app
+        self.settings = settings_of(app)
+        self.consumer = consumer
+        self._stopping = threading.Event()
+        self._next_claim = 0.0
+        self._cursor = "0-0"
+
+    def stop(self, timeout_s: float = 5) -> None:
+        self._stopping.set()
+        self.join(timeout_s)
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            conn = redis_stream.client(self.settings)
+            try:
+                group = redis_stream.StreamGroup(conn, self.settings, self.consumer)
+                group.ensure()
+                self._resend_own(group)
+                if failures:
+                    log.warning("intake stream reachable again after %d failed attempt(s)", failures)
+                failures = 0
+                while not self._stopping.is_set():
+                    self._cycle(group)
+            except Exception as exc:  # Redis down, or the hand-off failed: entries stay pending
+                failures += 1
+                if failures == 1:
+                    log.error("intake stream unavailable, retrying with backoff: %s", exc)
+                self._stopping.wait(min(self.settings.store_retry_max_s, 0.5 * 2 ** min(failures, 7)))
+            finally:
+                conn.close()
+
+    def _resend_own(self, group: redis_stream.StreamGroup) -> None:
+        """After a (re)connect: what this consumer had read and not seen acked goes out
+        again; duplicates of what did get applied are dropped by the event inbox."""
+        after = "0"
+        while entries := group.read_own(after, self.settings.intake_batch_max):
+            self._hand_off(entries)
+            after = entries[-1].ref
+
+    def _cycle(self, group: redis_stream.StreamGroup) -> None:
+        room = self.settings.intake_in_flight_max - group.in_flight()
+        if room <= 0:
+            self._stopping.wait(0.05)  # the pool is behind: let it catch up
+            return
+        count = min(room, self.settings.intake_batch_max)
+        if time.monotonic() >= self._next_claim:
+            self._claim(group, count)
+        self._hand_off(group.read_new(count, self.BLOCK_MS))
+
+    def _claim(self, group: redis_stream.StreamGroup, count: int) -> None:
+        idle_ms = int(self.settings.intake_claim_idle_s * 1000)
+        self._cursor, entries = group.claim_idle(idle_ms, count, self._cursor)
+        if entries:
+            log.warning("handing off %d intake entries again: unacked for over %.0f s", len(entries),
+                        self.settings.intake_claim_idle_s)
+            self._hand_off(entries)
+        if self._cursor == "0-0":  # scanned everything: look again in a while
+            self._next_claim = time.monotonic() + self.settings.intake_claim_idle_s / 4
+
+    def _hand_off(self, entries: list[redis_stream.Entry]) -> None:
+        if entries:
+            items = [Delivery(raw=entry.raw, ref=entry.ref) for entry in entries]
+            hand_off(self.app, HandOff(items=items, consumer=self.consumer))

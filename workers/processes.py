@@ -25,10 +25,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that makes a subprocess (worker, CLI) use ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INDEXGATE_")}
-    fields = {"data_dir", "store_url", "broker_url", "funnel_exchange", "intake_queue", "task_queue",
-              "out_exchange", "switch_lock_heartbeat_interval_s", "heartbeat_sweep_interval_s", "fault_kill_at",
-              "redis_visibility_timeout_s", "store_retry_max_s", "sqlite_busy_timeout_s", "source_allowlist"}
-    for name in fields:
+    for name in settings.model_fields_set:  # every field the caller chose; the rest keep their defaults
         value = getattr(settings, name)
         if value is not None:
             env[f"INDEXGATE_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)

@@ -12,12 +12,17 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
+from events import redis_stream
 from events.publisher import Publisher
 from indexgate.service import Service
 from indexgate.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,21 @@ class Runtime:
     publisher: Publisher
     outage: Outage
     pid: int
+    _redis: "redis.Redis | None" = None
+
+    def acks(self, consumer: str | None) -> redis_stream.StreamGroup | None:
+        """Who acks a hand-off's stream entries: the intake stream's group (Redis only)."""
+        if consumer is None or not redis_stream.uses_stream(self.settings):
+            return None
+        if self._redis is None:
+            self._redis = redis_stream.client(self.settings)
+        return redis_stream.StreamGroup(self._redis, self.settings, consumer)
+
+    def close(self) -> None:
+        self.service.store.close()
+        self.publisher.close()
+        if self._redis is not None:
+            self._redis.close()
 
 
 _guard = threading.Lock()
@@ -75,8 +95,7 @@ def reset(app: Celery) -> None:
     """Forget this process's clients (after fork, or in tests)."""
     current = getattr(app, "_indexgate_runtime", None)
     if current is not None and current.pid == os.getpid():
-        current.service.store.close()
-        current.publisher.close()
+        current.close()
     app._indexgate_runtime = None  # type: ignore[attr-defined]
 
 

@@ -12,8 +12,7 @@ import random
 from celery import Celery, Task
 
 import beat_schedule as names
-from events.decode import RawMessage
-from events.intake import ingest
+from events.intake import HandOff, ingest_batch
 from indexgate.errors import StoreUnavailable, TransientError
 from schemas.records import ReleaseReason
 from workers.intake import INTAKE_TASK
@@ -48,9 +47,10 @@ def register_tasks(app: Celery) -> None:
         return app.task(name=name, base=IndexgateTask, bind=True, ignore_result=True, shared=False)
 
     @task(name=INTAKE_TASK)
-    def intake(self, raw: dict) -> dict:
+    def intake(self, handoff: dict) -> list[dict]:
         rt = runtime(self.app)
-        return ingest(rt.service, rt.settings, RawMessage.model_validate(raw)).as_dict()
+        batch = HandOff.model_validate(handoff)
+        return [o.as_dict() for o in ingest_batch(rt.service, rt.settings, batch, rt.acks(batch.consumer))]
 
     @app.task(name="indexgate.noop", ignore_result=True, shared=False, acks_late=True)
     def noop(*_args) -> None:

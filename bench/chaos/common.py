@@ -35,12 +35,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from events import redis_stream
 from indexgate import locks
 from indexgate.clock import utcnow
 from indexgate.locks import conflicts
 from indexgate.service import Service
 from indexgate.settings import Settings
 from schemas.records import AuditEntry, AuditKind
+from workers.broker_names import waiting_count
 from workers.processes import PROJECT_ROOT, settings_env
 
 TOKEN_RE = re.compile(r"chaos-[0-9a-f]{8}-\d{6}")
@@ -557,27 +559,13 @@ def broker_url(name: str, folder: Path) -> Iterator[str]:
         yield BROKERS.get(name, name)
 
 
-def queue_depth(settings: Settings) -> int:
-    """Ready messages in the run's intake and task queues (0 when a queue is gone)."""
-    from kombu import Connection, Queue
-
-    total = 0
-    with Connection(settings.broker_url, connect_timeout=2) as conn:
-        for name in (settings.intake_queue, settings.task_queue):
-            try:
-                total += Queue(name, channel=conn.channel()).queue_declare(passive=True).message_count or 0
-            except Exception:
-                pass
-    return total
-
-
 def settle(settings: Settings, timeout_s: float = 30, quiet_s: float = 1.0) -> None:
     """Wait until the queues stay empty for ``quiet_s`` (late redeliveries run first)."""
     deadline = time.monotonic() + timeout_s
     empty_since = None
     while time.monotonic() < deadline:
         try:
-            depth = queue_depth(settings)
+            depth = waiting_count(settings)
         except Exception:
             depth = 1
         if depth == 0:
@@ -600,12 +588,17 @@ def delivery_settings(settings: Settings) -> str:
              f"worker_prefetch_multiplier={conf.worker_prefetch_multiplier}",
              f"IndexgateTask.acks_late={task.acks_late}", f"reject_on_worker_lost={task.reject_on_worker_lost}",
              f"max_retries={task.max_retries}", f"broker_transport_options={dict(conf.broker_transport_options)}"]
+    if redis_stream.uses_stream(settings):
+        parts.append(f"intake: Redis stream {redis_stream.stream_key(settings)} read by consumer group "
+                     f"{settings.intake_group}, each entry acked by the task after its commit, claimed again after "
+                     f"intake_claim_idle_s={settings.intake_claim_idle_s}")
     app.close()
     return ", ".join(parts)
 
 
 def broker_diagnosis(settings: Settings, tokens: Iterable[str]) -> str:
-    """Where lost events are on a Redis broker: ready in a queue, unacked, or nowhere."""
+    """Where lost events are on a Redis broker: ready in a queue, in the intake stream
+    (not yet acked), unacked in kombu's hash, or nowhere."""
     if not (settings.broker_url or "").startswith("redis"):
         return ""
     import base64
@@ -625,6 +618,8 @@ def broker_diagnosis(settings: Settings, tokens: Iterable[str]) -> str:
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
     ready = {name: [text(m) for m in client.lrange(name, 0, -1)]
              for name in (settings.intake_queue, settings.task_queue)}
+    stream = redis_stream.stream_key(settings)
+    ready[stream] = [b" ".join(fields.values()).decode("utf-8", "replace") for _ref, fields in client.xrange(stream)]
     unacked = {k.decode(): text(v) for k, v in client.hgetall("unacked").items()}
     where = {}
     for token in tokens:
@@ -719,16 +714,3 @@ class RabbitNode:
             pass
 
 
-def cleanup_all(settings: Settings) -> None:
-    """``bench.common.cleanup`` plus the direct exchange Celery declares for the task queue
-    (named like the queue), which that helper leaves behind on RabbitMQ."""
-    from kombu import Connection, Exchange
-
-    from bench.common import cleanup
-
-    cleanup(settings)
-    try:
-        with Connection(settings.broker_url, connect_timeout=5) as conn:
-            Exchange(settings.task_queue, channel=conn.channel()).delete()
-    except Exception:  # never declared, or the broker is already gone
-        pass

@@ -235,9 +235,9 @@ def restore_cadence() -> bool:
     """On Redis a whole worker's unacked messages come back only at a consumer's first poll or
     every unacked_restore_interval x unacked_restore_throttle (10 s x 10), not at the timeout."""
     from bench.chaos.common import Workers, children
-    from bench.chaos.common import cleanup_all
     from bench.common import bench_settings
     from events.publisher import Publisher, funnel_event
+    from workers.broker_names import delete_run_names
 
     with scratch("finding") as folder:
         server = RedisServer(folder / "redis")
@@ -278,7 +278,7 @@ def restore_cadence() -> bool:
         finally:
             workers.stop_all()
             publisher.close()
-            cleanup_all(settings)
+            delete_run_names(settings)
             server.stop()
     print(f"  victim held {held} events mid-task when SIGKILLed 14 s after the survivor started; "
           f"visibility_timeout 2 s; the surviving worker applied them "

@@ -28,16 +28,28 @@ from collections import Counter, defaultdict
 
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage
 
-from bench.chaos.common import (Ledger, Row, Workers, account, applied_tokens, broker_url, cleanup_all, dead_tokens,
-                                invariant_violations, scratch, settle, wait_applied)
+from bench.chaos.common import (
+    Ledger,
+    Row,
+    Workers,
+    account,
+    applied_tokens,
+    broker_url,
+    dead_tokens,
+    invariant_violations,
+    scratch,
+    settle,
+    wait_applied,
+)
 from bench.chaos.hostile_gen import ALLOWED, Msg, generate
 from bench.common import bench_settings
 from events.decode import RawMessage
 from events.intake import ingest
-from events.publisher import Publisher, intake_queue
+from events.publisher import Publisher
 from indexgate.errors import TransientError
 from indexgate.service import Service
 from indexgate.settings import Settings
+from workers.broker_names import delete_run_names
 
 MAX_BYTES = 64 * 1024
 
@@ -100,8 +112,8 @@ def _ingest_all(service: Service, settings: Settings, msgs: list[Msg]) -> tuple[
 
 
 def _through_broker(row: Row, folder, url: str, ledger: Ledger, msgs: list[Msg]) -> None:
-    settings = bench_settings(folder / "broker", url, source_allowlist=ALLOWED)
-    workers = Workers(settings, max_event_bytes=str(MAX_BYTES))  # settings_env does not carry it
+    settings = bench_settings(folder / "broker", url, source_allowlist=ALLOWED, max_event_bytes=MAX_BYTES)
+    workers = Workers(settings)
     service = Service.from_settings(settings)
     publisher = Publisher(settings)
     try:
@@ -110,9 +122,8 @@ def _through_broker(row: Row, folder, url: str, ledger: Ledger, msgs: list[Msg])
         for wave in (0, 1, 2):  # starts (and noise), then heartbeats, then ends: a funnel's order
             batch = [m for m in msgs if m.wave == wave]
             for msg in batch:
-                publisher.send(settings.funnel_exchange, msg.routing_key[:200] or "x",
-                               RabbitMQMessage(msg.headers, msg.content_type, msg.body),
-                               declare=[intake_queue(settings)])
+                publisher.publish_raw(msg.routing_key[:200] or "x",
+                                      RabbitMQMessage(msg.headers, msg.content_type, msg.body))
             wait_applied(service.store, _sub(ledger, {m.token for m in batch}), timeout_s=60)
         settle(settings)
         _check(row, "through the broker", service, ledger, msgs)
@@ -124,7 +135,7 @@ def _through_broker(row: Row, folder, url: str, ledger: Ledger, msgs: list[Msg])
         workers.stop_all()
         publisher.close()
         service.store.close()
-        cleanup_all(settings)
+        delete_run_names(settings)
     crashes, found = workers.crashes()
     row.crashes += crashes
     row.notes += [f"through the broker: {f}" for f in found[:5]]

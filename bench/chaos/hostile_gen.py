@@ -23,17 +23,18 @@ documents' alias field names, both content modes and the AMQP 1.0 header prefix.
 
 from __future__ import annotations
 
-from schemas.payloads import MAX_SECONDS
-
 import json
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
 
 from bench.chaos.common import Ledger, Published
 from events.catalog import ROUTES
+from schemas.payloads import MAX_SECONDS
 
 ALLOWED = ["funnel-a", "funnel-b"]
 BRANCHES = ["main", "dev", "feature/ünïcode-🚀", "release/2024.1", "b" * 512, "hot fix"]

@@ -29,12 +29,25 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.chaos.common import (Ledger, Row, Workers, account, alive, broker_diagnosis, broker_url, children,
-                                cleanup_all, delivery_settings, scratch, settle, wait_applied)
+from bench.chaos.common import (
+    Ledger,
+    Row,
+    Workers,
+    account,
+    alive,
+    broker_diagnosis,
+    broker_url,
+    children,
+    delivery_settings,
+    scratch,
+    settle,
+    wait_applied,
+)
 from bench.chaos.stream import JobStream
 from bench.common import bench_settings
 from events.publisher import Publisher
 from indexgate.service import Service
+from workers.broker_names import delete_run_names
 
 VISIBILITY_TIMEOUT_S = 2.0  # Redis whole-worker kills only (findings.py); see the trade-off there
 PROBE_SLEEP_MS = 40
@@ -111,7 +124,7 @@ def _run(name: str, broker: str, whole: bool, target: int, seed: int, visibility
             workers.stop_all()
             publisher.close()
             service.store.close()
-            cleanup_all(settings)
+            delete_run_names(settings)
         row.runs = stats["mid_event"]
         row.crashes, found = workers.crashes()
         row.notes += found[:5]

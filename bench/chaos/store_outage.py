@@ -19,12 +19,23 @@ import sys
 from collections import Counter
 from datetime import datetime
 
-from bench.chaos.common import (Ledger, Row, Workers, account, broker_diagnosis, broker_url, cleanup_all,
-                                delivery_settings, scratch, settle, wait_applied)
+from bench.chaos.common import (
+    Ledger,
+    Row,
+    Workers,
+    account,
+    broker_diagnosis,
+    broker_url,
+    delivery_settings,
+    scratch,
+    settle,
+    wait_applied,
+)
 from bench.chaos.stream import JobStream
 from bench.common import bench_settings
 from events.publisher import Publisher
 from indexgate.service import Service
+from workers.broker_names import delete_run_names
 
 HOLDER = """
 import sqlite3, sys, time
@@ -93,7 +104,7 @@ def run(broker: str = "redis", short: bool = True, seed: int = 31) -> Row:
             workers.stop_all()
             publisher.close()
             service.store.close()
-            cleanup_all(settings)
+            delete_run_names(settings)
         row.runs = outages
         row.crashes, found = workers.crashes()
         row.notes += found[:5]

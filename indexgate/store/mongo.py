@@ -50,7 +50,12 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 
-from indexgate.errors import ConfigError, DuplicateEvent, StoreUnavailable, VersionConflict
+from indexgate.errors import (
+    ConfigError,
+    DuplicateEvent,
+    StoreUnavailable,
+    VersionConflict,
+)
 from schemas.records import AuditEntry, BranchState, DeadLetter
 from schemas.shadows import IndexState
 

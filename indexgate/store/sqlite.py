@@ -12,7 +12,6 @@ cross a fork), so creating the object does no I/O.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading

@@ -22,8 +22,7 @@ from cloudevents.core.v1.event import CloudEvent
 from kombu import Connection, Exchange, Queue
 from kombu.pools import producers
 
-from events import redis_stream
-from events.fs_transport import TRANSPORT
+from events import fs_transport, redis_stream, redis_transport
 from events.outgoing import to_cloudevent
 from indexgate.clock import utcnow
 from indexgate.settings import Settings
@@ -33,12 +32,34 @@ Mode = Literal["structured", "binary"]
 _FORMAT = JSONFormat()
 
 
+def transport_options(settings: Settings) -> dict:
+    """Per broker: the embedded broker's folders; Redis's visibility timeout; publisher
+    confirms on RabbitMQ, so a publish returns only once the broker has the message."""
+    url = settings.resolved_broker_url
+    if url.startswith("filesystem"):
+        return settings.filesystem_broker_options()
+    if url.startswith(("redis", "rediss")):
+        return {"visibility_timeout": settings.redis_visibility_timeout_s}
+    if url.startswith(("amqp", "pyamqp")):
+        return {"confirm_publish": True}
+    return {}
+
+
+def transport_class(settings: Settings) -> str | None:
+    """Our own transport where kombu's needs a fix (see each module), else kombu's."""
+    if not settings.broker_url:
+        return fs_transport.TRANSPORT
+    if redis_stream.uses_stream(settings):
+        return redis_transport.TRANSPORT
+    return None
+
+
 def broker_connection(settings: Settings) -> Connection:
-    """A kombu connection to the configured broker (not yet connected)."""
+    """A kombu connection to the configured broker (not yet connected), with the same
+    transport and options as the workers' Celery app."""
     settings.ensure_data_dirs()
-    if settings.broker_url:
-        return Connection(settings.broker_url)
-    return Connection("filesystem://", transport=TRANSPORT, transport_options=settings.filesystem_broker_options())
+    return Connection(settings.resolved_broker_url, transport=transport_class(settings),
+                      transport_options=transport_options(settings))
 
 
 def funnel_event(type_: str, data: dict[str, Any], source: str = "indexgate-cli", event_id: str | None = None,

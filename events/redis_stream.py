@@ -36,7 +36,7 @@ BODY, CONTENT_TYPE, ROUTING_KEY = "body", "content-type", "routing-key"
 
 def uses_stream(settings: Settings) -> bool:
     """True when the funnel's events travel in a Redis stream (a ``redis://`` broker)."""
-    return settings.resolved_broker_url.startswith(("redis://", "rediss://", "unix://"))
+    return settings.resolved_broker_url.startswith(("redis://", "rediss://"))
 
 
 def stream_key(settings: Settings) -> str:

@@ -4,14 +4,14 @@ Each scenario runs once, short size, against real worker processes, real brokers
 private ``redis-server`` per scenario, the local RabbitMQ, a private RabbitMQ node for the
 broker restart) and the SQLite store; every row must show 0 lost, 0 applied twice, 0 locks
 stuck past their deadline and 0 worker crashes, and the mutex history must have no
-conflicting grants and strictly increasing fencing tokens. About 2.5 minutes in all.
+conflicting grants and strictly increasing fencing tokens. About 3 minutes in all.
 
-One check is marked ``xfail`` (not strict) because it fails for known reasons outside
-indexgate: a Redis restart can lose in-flight messages (kombu's Redis transport pops a
-message with BRPOP before recording it as unacked) and can kill the worker (a Celery/kombu
-bug on connection loss with unacked messages); both happen in many runs, not all. The
-RabbitMQ restart row is asserted in full. ``python -m bench.chaos.findings
-redis_restart_crash`` shows the crash with a plain Celery app.
+The Redis restart row is asserted like the others. It used to lose events (kombu's Redis
+lists pop a message before recording it as unacked) and to kill the worker (a Celery/kombu
+crash on connection loss); the intake stream (``events.redis_stream``) and the patched
+transport (``events.redis_transport``) fixed both. ``python -m bench.chaos.findings
+redis_restart_crash redis_restart_patched`` shows the crash, and its absence, with a plain
+Celery app.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from tests.conftest import AMQP_URL, require_reachable
 pytestmark = pytest.mark.slow
 
 ROWS: dict[str, Row] = {}
-EVENT_SCENARIOS = [name for name in SCENARIOS if name not in ("mutex_history", "broker_restart")]
+EVENT_SCENARIOS = [name for name in SCENARIOS if name != "mutex_history"]
 
 
 def row_of(name: str) -> Row:
     """Run a scenario once per session (several tests read the same row)."""
     if name not in ROWS:
-        if name == "sigkill_whole":
+        if name == "sigkill_whole_rabbitmq":
             require_reachable(AMQP_URL)
         quiet_logs()
         ROWS[name] = SCENARIOS[name](broker="redis", short=True)
@@ -55,28 +55,19 @@ def test_nothing_lost_nothing_applied_twice_no_stuck_lock_no_crash(name: str) ->
     assert row.applied_once == row.published, context
 
 
-def test_redis_restart_applies_nothing_twice() -> None:
+def test_redis_restart_really_restarted_the_broker_mid_stream() -> None:
     row = row_of("broker_restart")
-    assert row.published > 0 and row.runs == 2, row.notes
-    assert row.applied_twice == 0, row.notes
-
-
-@pytest.mark.xfail(strict=False, reason=(
-    "Redis restart: kombu's Redis transport BRPOPs a message before recording it as unacked, so a message "
-    "in that gap when the server dies is lost (and the lock of a lost 'completed' stays until its deadline); "
-    "and celery 5.7/kombu 5.7 can die with 'Unrecoverable error: AttributeError(... hostname)' on the "
-    "connection loss when unacked messages are in flight (acks_late). See findings.py"))
-def test_redis_restart_loses_nothing_and_the_worker_survives() -> None:
-    row = row_of("broker_restart")
-    assert row.lost == 0 and row.stuck == 0 and row.crashes == 0, row.notes
+    assert row.runs == 2 and row.published > 0, row.notes
+    assert row.figures["worker_deaths"] == 0, row.notes
 
 
 def test_sigkill_really_killed_mid_event() -> None:
     row = row_of("sigkill")
     assert row.runs >= 20, row.notes
     assert row.figures["phase:post"] + row.figures["phase:run"] > 0, "some kills must land after the effect began"
-    whole = row_of("sigkill_whole")
-    assert whole.runs >= 4 and whole.figures["whole"] >= 4, whole.notes
+    for name in ("sigkill_whole", "sigkill_whole_rabbitmq"):
+        whole = row_of(name)
+        assert whole.runs >= 4 and whole.figures["whole"] >= 4, whole.notes
 
 
 def test_store_outage_is_logged_once_per_pool_process_not_per_attempt() -> None:

@@ -22,22 +22,11 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from beat_schedule import build_schedule
-from events.fs_transport import TRANSPORT
+from events.publisher import transport_class, transport_options
 from indexgate.settings import Settings
 from workers.intake import IntakeStep, StreamStep
 from workers.runtime import reset
 from workers.tasks import register_tasks
-
-
-def transport_options(settings: Settings) -> dict:
-    url = settings.resolved_broker_url
-    if url.startswith("filesystem"):
-        return settings.filesystem_broker_options()
-    if url.startswith(("redis", "rediss")):
-        return {"visibility_timeout": settings.redis_visibility_timeout_s}
-    if url.startswith(("amqp", "pyamqp")):
-        return {"confirm_publish": True}
-    return {}
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -48,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(
         broker_url=settings.resolved_broker_url,
         broker_transport_options=transport_options(settings),
-        broker_transport=None if settings.broker_url else TRANSPORT,
+        broker_transport=transport_class(settings),
         broker_connection_retry_on_startup=True,
         result_backend=None,
         task_ignore_result=True,

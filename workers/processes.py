@@ -35,18 +35,23 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def start_worker(settings: Settings, tag: str, pool: str = "prefork", concurrency: int | None = None,
-                 beat: bool = False, **extra_env: str) -> subprocess.Popen:
-    """One worker process; its log goes to ``<data_dir>/worker-<tag>.log``."""
+                 beat: bool = False, app_module: str = "workers", env: dict[str, str] | None = None,
+                 **extra_env: str) -> subprocess.Popen:
+    """One worker process; its log goes to ``<data_dir>/worker-<tag>.log``. ``extra_env``
+    are more ``INDEXGATE_*`` settings, ``env`` plain variables on top."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-P", pool, "-l", "WARNING",
-            "-n", f"{tag}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"]
+    node = f"{tag}-{uuid.uuid4().hex[:6]}"
+    argv = [sys.executable, "-m", "celery", "-A", app_module, "worker", "-P", pool, "-l", "WARNING",
+            "-n", f"{node}@%h", "--without-mingle", "--without-gossip"]
     if concurrency:
         argv.append(f"-c{concurrency}")
     if beat:
         argv.append("-B")
-    log = open(settings.data_dir / f"worker-{tag}.log", "w")
-    return subprocess.Popen(argv, env=settings_env(settings, **extra_env), stdout=log, stderr=subprocess.STDOUT,
-                            cwd=PROJECT_ROOT)
+    with open(settings.data_dir / f"worker-{tag}.log", "w") as log:
+        proc = subprocess.Popen(argv, env=settings_env(settings, **extra_env) | (env or {}), stdout=log,
+                                stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+    proc.node = node  # type: ignore[attr-defined]  # answering() counts only our own workers' replies
+    return proc
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 20) -> None:
@@ -59,13 +64,21 @@ def stop(proc: subprocess.Popen, timeout_s: float = 20) -> None:
             proc.wait()
 
 
+def answering(app, procs: list[subprocess.Popen], timeout_s: float = 1.0) -> int:
+    """How many of ``procs`` answer a ping (other workers on the same shared broker answer
+    too; they are not counted)."""
+    ours = tuple(f"{getattr(p, 'node', '')}@" for p in procs)
+    names = [name for reply in app.control.ping(timeout=timeout_s) or [] for name in reply]
+    return sum(name.startswith(ours) for name in names)
+
+
 def wait_ready(settings: Settings, procs: list[subprocess.Popen], timeout_s: float = 60) -> None:
     """Block until every worker answers a ping over the broker."""
     from workers.app import create_app
 
     app = create_app(settings)
     deadline = time.monotonic() + timeout_s
-    while len(app.control.ping(timeout=1.0) or []) < len(procs):
+    while answering(app, procs) < len(procs):
         dead = [p for p in procs if p.poll() is not None]
         if dead or time.monotonic() > deadline:
             raise RuntimeError(f"workers did not all come up:\n{_tail(settings)}")

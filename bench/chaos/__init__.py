@@ -23,6 +23,7 @@ def _lazy(module: str, function: str = "run") -> Callable[..., Row]:
 SCENARIOS: dict[str, Callable[..., Row]] = {
     "sigkill": _lazy("sigkill"),
     "sigkill_whole": _lazy("sigkill", "run_whole"),
+    "sigkill_whole_rabbitmq": _lazy("sigkill", "run_whole_rabbitmq"),
     "broker_restart": _lazy("broker_restart"),
     "broker_restart_rabbitmq": _lazy("broker_restart", "run_rabbitmq"),
     "store_outage": _lazy("store_outage"),

@@ -4,11 +4,10 @@ Runs the chaos scenarios against real worker processes, a real broker and the SQ
 store, and prints one row per scenario (definitions in ``bench/chaos/common.py``), then
 each scenario's notes. Everything runs on 127.0.0.1. With ``--broker redis`` (default)
 each scenario that needs Redis starts its own ``redis-server`` on a free port and stops it
-afterwards; ``sigkill_whole`` always uses the local RabbitMQ (on Redis a whole-worker kill
-can lose messages: ``python -m bench.chaos.findings redis_whole_kill``), and
+afterwards; ``sigkill_whole_rabbitmq`` always uses the local RabbitMQ, and
 ``broker_restart_rabbitmq`` starts a private RabbitMQ node (the shared one is never
-restarted). ``--broker rabbitmq`` runs sigkill, store_outage and hostile on the local
-RabbitMQ instead.
+restarted). ``--broker rabbitmq`` runs sigkill, sigkill_whole, store_outage and hostile on
+the local RabbitMQ instead.
 Exit status 1 if any row has lost, applied-twice or stuck events, a crash, a conflict
 (mutex_history), or an internal error / misrouted message / invariant violation (hostile).
 """

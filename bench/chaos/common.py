@@ -24,7 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -43,7 +42,7 @@ from indexgate.service import Service
 from indexgate.settings import Settings
 from schemas.records import AuditEntry, AuditKind
 from workers.broker_names import waiting_count
-from workers.processes import PROJECT_ROOT, settings_env
+from workers.processes import answering, start_worker
 
 TOKEN_RE = re.compile(r"chaos-[0-9a-f]{8}-\d{6}")
 END_TYPES = {"com.oms.indexing.completed", "com.oms.indexing.failed", "com.oms.indexing.cancelled"}
@@ -401,16 +400,10 @@ class Workers:
               ) -> subprocess.Popen:
         self._n += 1
         tag = f"{self.app_module.split('.')[-1]}{self._n}"
-        log = self.settings.data_dir / f"worker-{tag}.log"
-        argv = [sys.executable, "-m", "celery", "-A", self.app_module, "worker", "-P", pool, "-l", "WARNING",
-                "-n", f"{tag}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"]
-        if concurrency:
-            argv.append(f"-c{concurrency}")
-        full_env = settings_env(self.settings, **self.extra_env) | (env or {})
-        with open(log, "w") as handle:
-            proc = subprocess.Popen(argv, env=full_env, stdout=handle, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        proc = start_worker(self.settings, tag, pool=pool, concurrency=concurrency, app_module=self.app_module,
+                            env=env, **self.extra_env)
         self.procs.append(proc)
-        self.logs.append(log)
+        self.logs.append(self.settings.data_dir / f"worker-{tag}.log")
         return proc
 
     def live(self) -> list[subprocess.Popen]:
@@ -423,9 +416,8 @@ class Workers:
         deadline = time.monotonic() + timeout_s
         try:
             while True:
-                expected = len(self.live())
-                answered = len(app.control.ping(timeout=0.5) or [])
-                if answered >= expected and all(len(children(p.pid)) > 0 for p in self.live()):
+                live = self.live()
+                if answering(app, live, 0.5) >= len(live) and all(len(children(p.pid)) > 0 for p in live):
                     return
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"workers not ready after {timeout_s} s:\n{self.tail()}")

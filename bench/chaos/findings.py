@@ -157,24 +157,23 @@ def oversized_dead_letter() -> bool:
 
 def unconfirmed_publisher() -> bool:
     """events.publisher connects without publisher confirms, also on RabbitMQ."""
-    from events.publisher import Publisher
-    from workers.app import transport_options
+    from events.publisher import Publisher, transport_options
 
     settings = Settings(data_dir=Path(tempfile.gettempdir()), broker_url="amqp://guest:guest@127.0.0.1:5672//")
     publisher = Publisher(settings)
     options = dict(publisher.connection.transport_options)
-    print(f"  Celery's producer (workers.app.transport_options): {transport_options(settings)}; "
+    print(f"  Celery's producer (events.publisher.transport_options): {transport_options(settings)}; "
           f"events.publisher.Publisher connection: {options or '{}'} - no confirm_publish, so publish_entries() "
           "returns before RabbitMQ has the message and the entry is marked published anyway")
     return "confirm_publish" not in options
 
 
 def redis_whole_kill() -> bool:
-    """Whole workers SIGKILLed mid-event on Redis (visibility timeout 2 s, replacement started
-    after it): events are lost - popped by BRPOP, never recorded as unacked."""
-    from bench.chaos.sigkill import _run
+    """Whole workers SIGKILLed mid-event on Redis lost events while the intake read kombu
+    lists (popped by BRPOP, never recorded as unacked); the intake stream loses none."""
+    from bench.chaos.sigkill import CLAIM_IDLE_S, _run
 
-    row = _run("sigkill_whole_redis", "redis", whole=True, target=6, seed=7, visibility_timeout_s=2.0)
+    row = _run("sigkill_whole_redis", "redis", whole=True, target=6, seed=7, intake_claim_idle_s=CLAIM_IDLE_S)
     print(f"  {row.runs} whole-worker kills on Redis: published {row.published}, lost {row.lost}, "
           f"applied twice {row.applied_twice}, stuck {row.stuck}")
     for note in row.notes:
@@ -183,14 +182,15 @@ def redis_whole_kill() -> bool:
     return row.lost > 0
 
 
-def redis_restart_crash(trials: int = 6) -> bool:
-    """A plain Celery app (no indexgate code) with acks_late dies on a Redis restart."""
+def redis_restart_crash(trials: int = 6, transport: str = "") -> bool:
+    """A plain Celery app (no indexgate code) with acks_late dies on a Redis restart
+    (``redis_restart_patched`` runs the same on ``events.redis_transport``: it survives)."""
     deaths = 0
     with scratch("finding") as folder:
         for trial in range(trials):
             server = RedisServer(folder / f"redis{trial}")
             server.start()
-            env = {**os.environ, "PLAIN_BROKER": server.url}
+            env = {**os.environ, "PLAIN_BROKER": server.url, "PLAIN_TRANSPORT": transport}
             log = folder / f"worker{trial}.log"
             with open(log, "w") as out:
                 worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.chaos.plain_app", "worker",
@@ -227,8 +227,15 @@ def redis_restart_crash(trials: int = 6) -> bool:
                     except subprocess.TimeoutExpired:
                         worker.kill()
                 server.stop()
-    print(f"  {deaths} of {trials} plain Celery workers died across two Redis restarts")
+    print(f"  {deaths} of {trials} plain Celery workers ({transport or 'kombu redis'}) died across two Redis restarts")
     return deaths > 0
+
+
+def redis_restart_patched(trials: int = 6) -> bool:
+    """The same plain app on indexgate's Redis transport: no worker dies (False = fixed)."""
+    from events.redis_transport import TRANSPORT
+
+    return redis_restart_crash(trials, transport=TRANSPORT)
 
 
 def restore_cadence() -> bool:
@@ -289,7 +296,7 @@ def restore_cadence() -> bool:
 
 FAST = [eta_overflow, time_overflow, concurrent_duplicate, key_ambiguity, dead_release_audit, oversized_dead_letter,
         unconfirmed_publisher]
-SLOW = [redis_whole_kill, redis_restart_crash, restore_cadence]
+SLOW = [redis_whole_kill, redis_restart_crash, redis_restart_patched, restore_cadence]
 
 
 def main(argv: list[str]) -> int:

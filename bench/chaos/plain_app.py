@@ -3,6 +3,8 @@
 Used by ``findings.py redis_restart_crash`` to show that the worker crash on a Redis
 restart comes from Celery/kombu, not from indexgate's intake bootstep: same reliability
 settings (acks_late, reject_on_worker_lost, prefetch 1), one task that sleeps 20 ms.
+With ``PLAIN_TRANSPORT=events.redis_transport:Transport`` it runs on indexgate's patched
+Redis transport instead, to show the workaround holds.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def make_app(broker: str) -> Celery:
     app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
                     broker_transport_options={"visibility_timeout": 1.0}, worker_hijack_root_logger=False,
                     broker_connection_retry_on_startup=True, task_default_queue="plain.tasks",
-                    task_ignore_result=True)
+                    task_ignore_result=True, broker_transport=os.environ.get("PLAIN_TRANSPORT") or None)
 
     @app.task(name="plain.work", acks_late=True, shared=False)
     def work(_n: int) -> None:

@@ -8,13 +8,12 @@ moment, and SIGKILLs:
 
 - ``sigkill``: that pool process. The parent sees the worker lost and, with
   ``task_reject_on_worker_lost``, requeues the unacked message at once (any broker);
-- ``sigkill_whole``: the whole worker (parent and pool), then starts a replacement.
-  Nothing requeues from inside; RabbitMQ returns a dead connection's unacked messages at
-  once. It runs on RabbitMQ only: on Redis the consumer's BRPOP removes a message from the
-  list before kombu records it as unacked, so a worker killed in between loses it (and
-  kombu restores truly unacked messages only at a consumer's first poll or every
-  ``unacked_restore_interval x unacked_restore_throttle`` = 100 s by default, once they
-  are older than ``visibility_timeout``). ``findings.py redis_whole_kill`` shows both.
+- ``sigkill_whole`` (Redis) and ``sigkill_whole_rabbitmq``: the whole worker (parent and
+  pool), then starts a replacement. Nothing requeues from inside. RabbitMQ returns a dead
+  connection's unacked messages at once. On Redis the dead worker's intake stream entries
+  stay pending and the other worker claims them after ``intake_claim_idle_s`` (3 s in this
+  run, 60 s in production); its unacked hand-off tasks come back only after the visibility
+  timeout, by which time they are duplicates.
 
 A kill counts as *mid-event* only if the dead process's marker still names the task it
 was in (phase ``pre``: before the effect, ``run``: inside decode/store, ``post``: after the
@@ -49,7 +48,7 @@ from events.publisher import Publisher
 from indexgate.service import Service
 from workers.broker_names import delete_run_names
 
-VISIBILITY_TIMEOUT_S = 2.0  # Redis whole-worker kills only (findings.py); see the trade-off there
+CLAIM_IDLE_S = 3.0  # Redis whole-worker kills: the dead worker's entries come back within the run
 PROBE_SLEEP_MS = 40
 
 
@@ -59,25 +58,23 @@ def run(broker: str = "redis", short: bool = True, seed: int = 11) -> Row:
 
 
 def run_whole(broker: str = "redis", short: bool = True, seed: int = 12) -> Row:
-    """Whole workers SIGKILLed mid-event, on RabbitMQ whatever ``broker`` says: on Redis a
-    whole-worker kill can lose the message its consumer had just popped (kombu's BRPOP
-    moves it out of the list before it is recorded as unacked; see findings.py)."""
-    row = _run("sigkill_whole", "rabbitmq", whole=True, target=4 if short else 20, seed=seed)
-    if broker == "redis":
-        row.note("run on RabbitMQ although --broker redis: on Redis a SIGKILLed worker loses, with high "
-                 "probability under load, a message its consumer had popped (BRPOP) but not yet recorded in "
-                 "kombu's unacked hash; `python -m bench.chaos.findings redis_whole_kill` reproduces it")
-    return row
+    """Whole workers SIGKILLed mid-event on ``broker``."""
+    return _run("sigkill_whole", broker, whole=True, target=4 if short else 20, seed=seed,
+                intake_claim_idle_s=CLAIM_IDLE_S)
 
 
-def _run(name: str, broker: str, whole: bool, target: int, seed: int, visibility_timeout_s: float | None = None
-         ) -> Row:
+def run_whole_rabbitmq(broker: str = "rabbitmq", short: bool = True, seed: int = 13) -> Row:
+    """Whole workers SIGKILLed mid-event on RabbitMQ, whatever ``broker`` says."""
+    return _run("sigkill_whole_rabbitmq", "rabbitmq", whole=True, target=4 if short else 20, seed=seed)
+
+
+def _run(name: str, broker: str, whole: bool, target: int, seed: int, **overrides: float) -> Row:
+    """``overrides``: settings for this run (e.g. a short ``intake_claim_idle_s``)."""
     limit_s = 60 + 6 * target
     row = Row(name)
     rng = random.Random(seed)
     with scratch(name) as folder, broker_url(broker, folder) as url:
-        extra = {} if visibility_timeout_s is None else {"redis_visibility_timeout_s": visibility_timeout_s}
-        settings = bench_settings(folder / "data", url, **extra)
+        settings = bench_settings(folder / "data", url, **overrides)
         probe_dir = folder / "probe"
         probe_dir.mkdir()
         env = {"CHAOS_PROBE_DIR": str(probe_dir), "CHAOS_PROBE_SLEEP_MS": str(PROBE_SLEEP_MS)}
@@ -92,8 +89,7 @@ def _run(name: str, broker: str, whole: bool, target: int, seed: int, visibility
 
         def killer() -> None:
             try:
-                wait = (visibility_timeout_s or 0) + 0.5 if url.startswith("redis") and whole else 0.0
-                kill_loop(workers, probe_dir, rng, target, stats, stop, env, whole=whole, wait_before_restart_s=wait)
+                kill_loop(workers, probe_dir, rng, target, stats, stop, env, whole=whole)
             except BaseException as exc:  # surfaced below; never a silent harness failure
                 errors.append(exc)
             finally:
@@ -154,7 +150,7 @@ def _busy(workers: Workers, probe_dir: Path) -> list[tuple[int, str, int]]:
 
 
 def kill_loop(workers: Workers, probe_dir: Path, rng: random.Random, target: int, stats: Counter,
-              stop: threading.Event, env: dict[str, str], whole: bool, wait_before_restart_s: float = 0.0) -> None:
+              stop: threading.Event, env: dict[str, str], whole: bool) -> None:
     while stats["mid_event"] < target and not stop.is_set():
         busy = _busy(workers, probe_dir)
         if not busy:
@@ -184,7 +180,6 @@ def kill_loop(workers: Workers, probe_dir: Path, rng: random.Random, target: int
             stats["idle"] += 1
         t0 = time.monotonic()
         if whole:
-            time.sleep(wait_before_restart_s)  # Redis: unacked messages restorable once older than the timeout
             workers.start(env=env)
             workers.wait_ready()
             stats["restart_ms"] += int((time.monotonic() - t0) * 1000)

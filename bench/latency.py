@@ -11,8 +11,8 @@ poll that first finds it applied (so it includes up to one polling step).
 
 The baseline is the broker's own round trip in the same run: a raw kombu publish
 (persistent, as the funnel publishes) and consume on the same broker, one at a time. A
-heartbeat crosses the broker twice (funnel event, then the intake's hand-off task), so a
-ratio near 2 means the worker adds little of its own.
+heartbeat crosses the broker twice (funnel event - a stream entry on Redis - then the
+intake's hand-off task), so a ratio near 2 means the worker adds little of its own.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from bench.common import (
     started,
     wait_until,
 )
+from events import redis_stream
 from events.decode import RawMessage
 from events.intake import ingest
 from events.publisher import Publisher, encode
@@ -227,7 +228,7 @@ def _measure(settings: Settings, procs, app, n: int) -> dict:
         publisher.close()
         service.store.close()
     return {"noop": noop_rate, "noop_pub": noop_pub, "noop_cpu": noop_cpu,
-            "hb": hb_rate, "hb_pub": hb_pub, "hb_cpu": hb_cpu}
+            "hb": hb_rate, "hb_pub": hb_pub, "hb_cpu": hb_cpu, "stream": redis_stream.uses_stream(settings)}
 
 
 def confirmed_publish_ms(settings: Settings, n: int = 300) -> float:
@@ -255,10 +256,14 @@ def _limits(m: dict, n: int, prof: dict | None, confirm_ms: float | None) -> str
     parts = []
     if "worker main" in hb and hb["worker main"] > 0:
         per_hb, per_noop = hb["worker main"] * 1000 / n, noop["worker main"] * 1000 / n
+        how = ("the intake thread reads the stream in batches and hands each batch to the pool as one "
+               "indexgate.intake task, which the consumer thread then takes and dispatches"
+               if m.get("stream") else
+               "one Celery consumer thread takes each funnel event, hands it to the pool as an indexgate.intake "
+               "task, then takes that task and dispatches it: two messages per heartbeat, one per noop")
         parts.append(
-            f"the worker's main process is the serial stage (one Celery consumer thread takes each funnel event, "
-            f"hands it to the pool as an indexgate.intake task, then takes that task and dispatches it: two "
-            f"messages per heartbeat, one per noop); its CPU per noop / per heartbeat, {per_noop:.2f} / "
+            f"the worker's main process is the serial stage ({how}); its CPU per noop / per heartbeat, "
+            f"{per_noop:.2f} / "
             f"{per_hb:.2f} ms = {per_noop / per_hb:.2f}, predicts the ratio, and at {per_hb:.2f} ms it tops out "
             f"near {1000 / per_hb:.0f} heartbeats/s even with a whole core to itself (it was busy "
             f"{hb['worker main'] / hb['wall']:.0%} of the phase; pool children {hb['pool children'] * 1000 / n:.2f} "

@@ -28,7 +28,8 @@ TRANSPORT = "events.redis_transport:Transport"
 
 class QoS(redis.QoS):
     def restore_unacked(self, client=None) -> None:
-        if client is None and self.channel.connection.client is None:
+        transport = getattr(self.channel, "connection", None)
+        if client is None and getattr(transport, "client", None) is None:
             log.warning("broker connection lost: %d unacked message(s) will be restored after the visibility "
                         "timeout instead of now", len(self._delivered))
             return

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 from bench.chaos.common import Ledger, Published
 from events.catalog import ROUTES
+from events.decode import event_key
 from schemas.payloads import MAX_SECONDS
 
 ALLOWED = ["funnel-a", "funnel-b"]
@@ -124,7 +125,7 @@ class _Gen:
             try:
                 obj = json.loads(body) if not headers else None
                 src = obj["source"] if obj else next(v for k, v in headers.items() if k.lower().endswith("source"))
-                key = f"{src}|{token}" if isinstance(src, str) else None
+                key = event_key(src, token) if isinstance(src, str) else None
             except (ValueError, KeyError, StopIteration, TypeError):
                 key = None
         return self.emit(Msg(headers, content_type, body, type_ if isinstance(type_, str) else "x", token, category,
@@ -366,7 +367,7 @@ class _Gen:
                                                                        if k.lower().endswith("source"))
         expect = "either" if stamp.startswith("0001") else "apply"
         self.emit(Msg(headers, ct, body, "com.oms.indexing.heartbeat", token, f"odd:{stamp[:4]}", expect, None, job,
-                      "com.oms.indexing.heartbeat", f"{source}|{odd_id}", 1))
+                      "com.oms.indexing.heartbeat", event_key(source, odd_id), 1))
 
 
 def generate(count: int, seed: int, ledger: Ledger, max_bytes: int, batch: int = 20) -> list[Msg]:

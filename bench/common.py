@@ -163,7 +163,9 @@ SOURCE = "indexgate-bench"
 
 def event_key(event) -> str:
     """The store's idempotency key of a published event (``store.seen`` takes it)."""
-    return f"{event.get_source()}|{event.get_id()}"
+    from events.decode import event_key as key_of
+
+    return key_of(event.get_source(), event.get_id())
 
 
 def started(job: str, branch: str, resource_types: list[str], **data) -> "object":

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import Figure, Report, bench_settings, percentiles
+from events.decode import event_key
 from indexgate.clock import utcnow
 from indexgate.locks import heartbeat_deadline
 from indexgate.service import Origin, Service
@@ -36,7 +37,8 @@ def run(report: Report, folder: Path, broker: str, runs: int = 10) -> list[float
         branch = f"bench/dead-{uuid.uuid4().hex[:8]}"
         job = f"dead-{n}"
         data = StartedData(job_id=job, branch=branch, resource_types=["object_type"], heartbeat_interval_s=INTERVAL_S)
-        out = service.start(data, Origin(actor="bench", key=f"bench|dead-{uuid.uuid4().hex}", time=utcnow()))
+        key = event_key("bench", f"dead-{uuid.uuid4().hex}")
+        out = service.start(data, Origin(actor="bench", key=key, time=utcnow()))
         if out.status != "applied":
             raise RuntimeError(f"run {n}: start was {out.status}: {out.detail}")
         lock = service.store.load(branch).locks[0]

@@ -77,7 +77,20 @@ class IncomingEvent(BaseModel):
     @property
     def key(self) -> str:
         """The idempotency key: CloudEvents says source + id identify an event."""
-        return f"{self.source}|{self.id}"
+        return event_key(self.source, self.id)
+
+
+def event_key(source: str, event_id: str) -> str:
+    """``source|id``, the inbox key of an event; the only place that spells it.
+
+    A ``|`` or ``\\`` inside the source is escaped with a backslash, so the first bare ``|``
+    always ends the source and two different events can never share a key (unescaped,
+    source ``a|b`` id ``c`` and source ``a`` id ``b|c`` would). The id needs no escaping: it
+    is everything after that ``|``. A source with neither character keeps the key it always
+    had, so inbox keys stored before the escaping stay valid.
+    """
+    escaped = source.replace("\\", "\\\\").replace("|", "\\|")
+    return f"{escaped}|{event_id}"
 
 
 def decode(raw: RawMessage, max_bytes: int, source_allowlist: list[str] | None = None) -> IncomingEvent:

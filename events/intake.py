@@ -1,9 +1,11 @@
 """Ingest one raw funnel message: decode, validate, apply; dead-letter what cannot be used.
 
 This is the single place where the dead-letter policy lives. A malformed message is kept
-whole with its reason; an unexpected error while applying a valid event is kept the same
-way (reason ``internal error``) instead of crashing the worker or dropping the event, so
+with its reason; an unexpected error while applying a valid event is kept the same way
+(reason ``internal error``) instead of crashing the worker or dropping the event, so
 nothing is lost and the message can be inspected with ``indexgate deadletters list``.
+A body is kept whole up to ``DEAD_LETTER_BODY_LIMIT`` and cut beyond, with its full size
+and sha256.
 Store outages are *not* caught here: they propagate so the task is retried with backoff.
 
 ``ingest_batch`` applies one hand-off (a batch of deliveries) in order. Deliveries that
@@ -14,8 +16,10 @@ touched (so they are not handed off again while the task waits) and the error pr
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -28,6 +32,11 @@ from indexgate.settings import Settings
 from schemas.records import DeadLetter
 
 log = logging.getLogger(__name__)
+
+# What a dead letter keeps of a body: enough to see what was sent (a legitimate event is a
+# few KiB), not so much that a funnel sending bodies over INDEXGATE_MAX_EVENT_BYTES (or just
+# many bad ones) fills the store with them. The full size and sha256 are kept beside it.
+DEAD_LETTER_BODY_LIMIT = 64 * 1024
 
 
 class Delivery(BaseModel):
@@ -90,8 +99,25 @@ def ingest(service: Service, settings: Settings, raw: RawMessage) -> Outcome:
 def dead_letter(service: Service, raw: RawMessage, reason: str) -> Outcome:
     letter = DeadLetter(
         at=utcnow(), reason=reason, routing_key=raw.routing_key, content_type=raw.content_type,
-        headers=raw.headers, body=raw.body, body_encoding=raw.body_encoding,
+        headers=raw.headers, **kept_body(raw),
     )
     service.record_dead_letter(letter)
     log.warning("dead-lettered message %s: %s", letter.letter_id, reason)
     return Outcome(status="dead_lettered", detail=reason)
+
+
+def kept_body(raw: RawMessage, limit: int = DEAD_LETTER_BODY_LIMIT) -> dict[str, Any]:
+    """The ``DeadLetter`` body fields: at most ``limit`` bytes of it, its full size and sha256.
+
+    A text body stays text; cut, it loses at most the one character split by the cut.
+    """
+    full = raw.body_bytes()
+    measured = {"body_bytes": len(full), "body_sha256": hashlib.sha256(full).hexdigest()}
+    if len(full) <= limit:
+        return {"body": raw.body, "body_encoding": raw.body_encoding, **measured}
+    head = full[:limit]
+    if raw.body_encoding == "utf-8":
+        body = head.decode("utf-8", "ignore")
+    else:
+        body = base64.b64encode(head).decode("ascii")
+    return {"body": body, "body_encoding": raw.body_encoding, "body_truncated": True, **measured}

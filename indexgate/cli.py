@@ -23,6 +23,7 @@ from indexgate.cli_common import (
 from indexgate.cli_shadows import index, shadows
 from indexgate.service import Outcome
 from indexgate.settings import Settings
+from schemas.records import DeadLetter
 
 
 @click.group()
@@ -196,14 +197,22 @@ def deadletters() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def deadletters_list(limit: int, as_json: bool) -> None:
-    """Newest first."""
+    """Newest first; a body over 64 KiB is kept cut, with its full size and sha256."""
     letters = service().store.dead_letters(limit)
     if as_json:
         return emit([letter.model_dump(mode="json") for letter in letters])
     if not letters:
         click.echo("no dead letters")
     for letter in letters:
-        click.echo(f"{letter.at:%Y-%m-%dT%H:%M:%SZ}  {letter.letter_id}  {letter.routing_key or '-'}  {letter.reason}")
+        click.echo(_letter_line(letter))
+
+
+def _letter_line(letter: DeadLetter) -> str:
+    """One line per letter; a cut body says so, with what identifies the whole one."""
+    line = f"{letter.at:%Y-%m-%dT%H:%M:%SZ}  {letter.letter_id}  {letter.routing_key or '-'}  {letter.reason}"
+    if letter.body_truncated:
+        line += f"  [body truncated: {letter.body_bytes} bytes, sha256 {letter.body_sha256}]"
+    return line
 
 
 @main.command()

@@ -197,7 +197,13 @@ def release_job(
     state: BranchState, job_id: str, reason: ReleaseReason, actor: str, now: datetime,
     policy: Policy, detail: dict | None = None,
 ) -> Transition:
-    """End a job (completed / failed / cancelled): its locks go, the job is remembered."""
+    """End a job (completed / failed / cancelled): its locks go, the job is remembered.
+
+    A lock that had already died when the job's end arrives is released for the reason it
+    died (TTL_EXPIRED / HEARTBEAT_MISSED), as a sweep would have: the job lost it before it
+    finished, and the audit must not say it bound anyone until now. Live locks (and dead ones
+    that opted out of automatic release, which still bind) go with the job's ``reason``.
+    """
     t = Transition(_copy(state, now, policy))
     job = t.state.job(job_id)
     if job is None or job.status is not JobStatus.ACTIVE:
@@ -205,7 +211,12 @@ def release_job(
         t.note(_ignored(now, actor, t.state.branch, job_id, f"{reason} for a job that is {status}"))
         return t
     for lock in _job_locks(t.state, job_id):
-        _remove(t, lock, reason, actor, now, detail or {})
+        died = None if in_force(lock, now, policy) else death_reason(lock, now, policy)
+        if died is None:
+            _remove(t, lock, reason, actor, now, detail or {})
+        else:
+            _remove(t, lock, died, actor, now, {**(detail or {}), "job_reported": str(reason),
+                                                "died_at": _died_at(lock, died, policy).isoformat()})
     _end_job(t.state, job, now, str(reason))
     return t
 

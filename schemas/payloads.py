@@ -9,12 +9,14 @@ the funnel may add context (``build_config``) without breaking the worker.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     AliasPath,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     model_validator,
@@ -22,6 +24,23 @@ from pydantic import (
 
 NonEmpty = Field(min_length=1, max_length=512)
 MAX_SECONDS = 10 * 365 * 86_400  # durations beyond ten years are nonsense, and overflow datetime
+
+
+def _huge_int_capped(value: Any) -> Any:
+    """An integer too large to be a float (``1`` and 400 zeros) is beyond the bound too, not "not a number"."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_SECONDS:
+        return MAX_SECONDS
+    return value
+
+
+def _capped(value: float) -> float:
+    return min(value, float(MAX_SECONDS))
+
+
+# An estimate, not a promise: one beyond MAX_SECONDS is read as MAX_SECONDS, so the heartbeat
+# carrying it still counts (the TTL it may extend is capped by max_ttl_s anyway). NaN, inf and
+# negatives stay invalid. Durations that configure a lock (``ttl_s``...) stay strict.
+CappedSeconds = Annotated[float, BeforeValidator(_huge_int_capped), Field(ge=0), AfterValidator(_capped)]
 
 
 class _Payload(BaseModel):
@@ -65,10 +84,8 @@ class HeartbeatData(_Payload):
             "progress_percent", AliasPath("progress_info", "indexing_progress")
         ),
     )
-    estimated_remaining_s: float | None = Field(
+    estimated_remaining_s: CappedSeconds | None = Field(
         None,
-        ge=0,
-        le=MAX_SECONDS,
         validation_alias=AliasChoices(
             "estimated_remaining_s", AliasPath("progress_info", "estimated_remaining_s")
         ),

@@ -157,7 +157,12 @@ class AuditEntry(_Record):
 
 
 class DeadLetter(_Record):
-    """A message the worker could not use, kept whole with the reason."""
+    """A message the worker could not use, kept with the reason.
+
+    The body is kept whole up to 64 KiB (``events.intake.DEAD_LETTER_BODY_LIMIT``) and cut
+    beyond, so a funnel sending huge messages cannot fill the store; the full body's size and
+    sha256 are kept to identify it. Letters stored before these fields existed read as None.
+    """
 
     letter_id: str = Field(default_factory=new_id)
     at: datetime
@@ -167,3 +172,6 @@ class DeadLetter(_Record):
     headers: dict[str, str] = Field(default_factory=dict)
     body: str
     body_encoding: str = "utf-8"  # or "base64" when the body was not text
+    body_bytes: int | None = None  # size of the full body as received
+    body_sha256: str | None = None  # hex sha256 of the full body as received
+    body_truncated: bool = False  # True when ``body`` holds only its first bytes

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from events import catalog
-from events.decode import STRUCTURED, IncomingEvent, RawMessage, decode
+from events.decode import STRUCTURED, IncomingEvent, RawMessage, decode, event_key
+from events.intake import ingest
 from events.publisher import encode, funnel_event
 from indexgate.errors import MalformedEvent
+from indexgate.service import Service
+from indexgate.settings import Settings
 from schemas.payloads import CompletedData, HeartbeatData, StartedData
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "funnel-events"
@@ -93,6 +96,38 @@ def test_structured_time_absent_stays_none():
 def test_structured_time_null_is_treated_as_absent():
     event = decode(structured(started() | {"time": None}), LIMIT)
     assert event.time is None
+
+
+# --- the idempotency key --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "event_id", "key"), [
+    ("funnel-service", "start-1c9e", "funnel-service|start-1c9e"),  # unchanged: stored inbox keys stay valid
+    ("funnel", "a|b", "funnel|a|b"),  # the id is everything after the first bare '|'
+    ("a|b", "c", "a\\|b|c"),
+    ("a\\", "b", "a\\\\|b"),
+])
+def test_event_key_escapes_only_what_would_make_it_ambiguous(source, event_id, key):
+    assert event_key(source, event_id) == key
+    assert IncomingEvent(id=event_id, source=source, type="t", time=None, data={}).key == key
+
+
+def test_event_key_never_collides_across_the_separator():
+    pairs = [("a|b", "c"), ("a", "b|c"), ("a\\", "b|c"), ("a\\|b", "c"), ("a", "\\|b|c"), ("a|", "b"), ("a", "|b")]
+    assert len({event_key(source, event_id) for source, event_id in pairs}) == len(pairs)
+
+
+def test_events_whose_plain_keys_would_collide_are_both_applied(tmp_path):
+    settings = Settings(data_dir=tmp_path, store_url=None, broker_url=None, source_allowlist=[])
+    service = Service.from_settings(settings)
+    try:
+        for source, event_id, job, branch in [("a|b", "c", "j1", "b1"), ("a", "b|c", "j2", "b2")]:
+            obj = {"specversion": "1.0", "id": event_id, "source": source, "type": "com.oms.indexing.started",
+                   "data": {"job_id": job, "branch": branch}}
+            assert ingest(service, settings, structured(obj)).status == "applied", (source, event_id)
+        assert {view.lock.job_id for view in service.list_locks()} == {"j1", "j2"}
+    finally:
+        service.store.close()
 
 
 # --- binary mode ----------------------------------------------------------------------

@@ -379,6 +379,17 @@ def test_dead_letters_round_trip_newest_first(store: Store) -> None:
     assert store.dead_letters(limit=1) == [letters[2]]
 
 
+def test_dead_letters_keep_the_cut_body_fields(store: Store) -> None:
+    plain = a_letter(0)
+    cut = a_letter(1).model_copy(update={"body_bytes": 5_000_000, "body_sha256": "ab" * 32, "body_truncated": True})
+    store.add_dead_letter(plain)
+    store.add_dead_letter(cut)
+    newest, oldest = store.dead_letters()
+    assert (newest.body_bytes, newest.body_sha256, newest.body_truncated) == (5_000_000, "ab" * 32, True)
+    assert (oldest.body_bytes, oldest.body_sha256, oldest.body_truncated) == (None, None, False)
+    assert (newest, oldest) == (cut, plain)
+
+
 def test_ping_answers(store: Store) -> None:
     store.ping()
 

@@ -15,6 +15,7 @@ import pytest
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage
 
 from events import catalog, redis_stream
+from events.decode import event_key
 from events.intake import Delivery, HandOff, ingest_batch
 from events.publisher import Publisher, encode, funnel_event
 from indexgate.clock import poll
@@ -58,7 +59,7 @@ def publish_jobs(settings: Settings, jobs: list[str]) -> list[str]:
         events = [started(job) for job in jobs]
         for event in events:
             publisher.publish_funnel(event)
-        return [f"{e.get_source()}|{e.get_id()}" for e in events]
+        return [event_key(e.get_source(), e.get_id()) for e in events]
     finally:
         publisher.close()
 

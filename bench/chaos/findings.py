@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 from bench.chaos.common import RedisServer, quiet_logs, scratch
-from events.decode import RawMessage
+from events.decode import RawMessage, event_key
 from events.intake import ingest
 from indexgate.locks import AcquireRequest
 from indexgate.service import Origin, Service
@@ -108,7 +108,8 @@ def concurrent_duplicate() -> bool:
             thread.start()
         for thread in threads:
             thread.join()
-        extended = [e for e in service.store.audit(100) if e.kind is AuditKind.EXTENDED and e.cause == "funnel|hb-1"]
+        key = event_key("funnel", "hb-1")
+        extended = [e for e in service.store.audit(100) if e.kind is AuditKind.EXTENDED and e.cause == key]
     print(f"  outcomes {outcomes}; EXTENDED entries caused by funnel|hb-1: {len(extended)} in "
           f"{len({e.at for e in extended})} commits")
     return len({e.at for e in extended}) > 1
@@ -265,13 +266,13 @@ def restore_cadence() -> bool:
                 event = funnel_event("com.oms.indexing.started", {"job_id": f"j{n}", "branch": f"b{n}"},
                                      source="funnel")
                 publisher.publish_funnel(event)
-                keys.append(f"funnel|{event.get_id()}")
+                keys.append(event_key("funnel", event.get_id()))
             time.sleep(13.0)  # past the survivor's first periodic restore scan (10 s after it started)
             for n in range(6, 12):
                 event = funnel_event("com.oms.indexing.started", {"job_id": f"j{n}", "branch": f"b{n}"},
                                      source="funnel")
                 publisher.publish_funnel(event)
-                keys.append(f"funnel|{event.get_id()}")
+                keys.append(event_key("funnel", event.get_id()))
             time.sleep(1.0)  # the victim's pool processes sit in their 3 s probe pause, unacked
             held = len([p for p in children(victim.pid) if (folder / "probe" / str(p)).exists()])
             workers.kill_whole(victim)

@@ -24,6 +24,7 @@ documents' alias field names, both content modes and the AMQP 1.0 header prefix.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -34,7 +35,7 @@ from hypothesis import strategies as st
 
 from bench.chaos.common import Ledger, Published
 from events.catalog import ROUTES
-from schemas.payloads import MAX_SECONDS
+from events.decode import event_key
 
 ALLOWED = ["funnel-a", "funnel-b"]
 BRANCHES = ["main", "dev", "feature/ünïcode-🚀", "release/2024.1", "b" * 512, "hot fix"]
@@ -124,7 +125,7 @@ class _Gen:
             try:
                 obj = json.loads(body) if not headers else None
                 src = obj["source"] if obj else next(v for k, v in headers.items() if k.lower().endswith("source"))
-                key = f"{src}|{token}" if isinstance(src, str) else None
+                key = event_key(src, token) if isinstance(src, str) else None
             except (ValueError, KeyError, StopIteration, TypeError):
                 key = None
         return self.emit(Msg(headers, content_type, body, type_ if isinstance(type_, str) else "x", token, category,
@@ -171,7 +172,7 @@ class _Gen:
         if r.random() < 0.2:
             data["records_indexed" if r.random() < 0.5 else "record_count"] = r.randint(0, 10**6)
         type_ = r.choice(["com.oms.indexing.heartbeat", "com.oms.indexing.progress"])
-        if eta is not None and not (0 <= eta <= MAX_SECONDS):  # inf, nan or beyond ten years: refused
+        if eta is not None and not math.isfinite(eta):  # inf or nan: refused; beyond ten years: capped, applied
             msg = self._msg(r, "extreme_eta", type_, data, expect="dead", hint="estimated_remaining_s", job=job, wave=1)
             self.sendable.append(msg)
             return msg
@@ -366,7 +367,7 @@ class _Gen:
                                                                        if k.lower().endswith("source"))
         expect = "either" if stamp.startswith("0001") else "apply"
         self.emit(Msg(headers, ct, body, "com.oms.indexing.heartbeat", token, f"odd:{stamp[:4]}", expect, None, job,
-                      "com.oms.indexing.heartbeat", f"{source}|{odd_id}", 1))
+                      "com.oms.indexing.heartbeat", event_key(source, odd_id), 1))
 
 
 def generate(count: int, seed: int, ledger: Ledger, max_bytes: int, batch: int = 20) -> list[Msg]:

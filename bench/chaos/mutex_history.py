@@ -169,11 +169,11 @@ def run(broker: str = "redis", short: bool = True, seed: int = 51) -> Row:
     if result["examples"]:
         row.note(f"VIOLATIONS e.g. {result['examples'][:3]}")
     row.note(f"releases by reason: {result['taken_over']} (TTL_EXPIRED / HEARTBEAT_MISSED: a dead lock released "
-             f"when another racer took its place); racers' transient errors: {result['errors']}")
+             f"when another racer took its place or its job ended late); racers' transient errors: {result['errors']}")
     if result["released_after_death"]:
         row.note(f"{result['released_after_death']} lock(s) were recorded RELEASED 'completed' after they had already "
-                 "died (TTL or heartbeat deadline): locks.release_job does not release dead locks as dead first, so "
-                 "the audit trail overstates how long they bound anyone (safety unaffected: a dead lock binds nobody)")
+                 "died (TTL or heartbeat deadline), so the audit trail overstates how long they bound anyone (safety "
+                 "unaffected: a dead lock binds nobody); locks.release_job should release them as dead")
     return row
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 from cloudevents.core.v1.event import CloudEvent
 
 from bench.chaos.common import Ledger, Published
+from events.decode import event_key
 from events.publisher import Publisher, funnel_event
 
 TYPES = ["object_type", "link_type", "action_type", "function_type", "interface_type"]
@@ -71,8 +72,9 @@ class JobStream:
         token = self.ledger.new_token()
         event = funnel_event(type_, data, source=SOURCE, event_id=token)
         self.publish_failures += publish_retrying(self.publisher, event)
-        self.ledger.add(Published(key=f"{SOURCE}|{token}", token=token, type=type_, job=job))
-        return f"{SOURCE}|{token}"
+        key = event_key(SOURCE, token)
+        self.ledger.add(Published(key=key, token=token, type=type_, job=job))
+        return key
 
     def _start(self) -> None:
         self.started += 1

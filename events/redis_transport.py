@@ -1,18 +1,21 @@
-"""kombu's Redis transport, with one upstream crash on a Redis restart worked around.
+"""kombu's Redis transport, with an upstream crash on a Redis restart worked around.
 
 Celery 5.7 handles a lost broker connection by ``collect()``-ing it (which detaches the
-transport from its kombu ``Connection``) and then ``close()``-ing it. Closing the Redis
-channel tries to put the channel's unacked messages back on their queues, which needs a
-client, which needs the detached ``Connection``: ``AttributeError: 'NoneType' object has no
-attribute 'hostname'`` escapes Celery's error handling and the worker exits ("Unrecoverable
+transport from its kombu ``Connection`` and the channel from its transport) and then
+``close()``-ing it. Two things can still touch the detached Redis channel afterwards:
+closing it tries to put its unacked messages back on their queues, and a task that
+finishes in the pool acks its message on it. Both need a client, which needs the detached
+``Connection``: ``AttributeError: 'NoneType' object has no attribute 'hostname'`` (or
+``'client'``) escapes Celery's error handling and the worker exits ("Unrecoverable
 error"). The chaos suite saw it on about one Redis restart in ten; ``python -m
 bench.chaos.findings redis_restart_crash`` shows it with a plain Celery app.
 
-Here that one restore is skipped when the transport is already detached, with a warning.
-Nothing is lost by skipping it: the messages stay in kombu's ``unacked`` hash and are
-restored by the next consumer after the visibility timeout, and the funnel's events are
-not even among them (they travel in the intake stream, ``events.redis_stream``). Remove
-this module when kombu's channel close survives a collected connection.
+Here the channel's QoS skips those calls while the channel is detached, with a warning.
+Nothing is lost by skipping them: the messages stay in kombu's ``unacked`` hash and are
+restored by a consumer after the visibility timeout (a finished task's message then runs
+again - harmless, tasks are idempotent), and the funnel's events are not even among them
+(they travel in the intake stream, ``events.redis_stream``). Remove this module when
+kombu's Redis channel survives a collected connection.
 """
 
 from __future__ import annotations
@@ -27,13 +30,25 @@ TRANSPORT = "events.redis_transport:Transport"
 
 
 class QoS(redis.QoS):
-    def restore_unacked(self, client=None) -> None:
+    def _detached(self, what: str) -> bool:
         transport = getattr(self.channel, "connection", None)
-        if client is None and getattr(transport, "client", None) is None:
-            log.warning("broker connection lost: %d unacked message(s) will be restored after the visibility "
-                        "timeout instead of now", len(self._delivered))
+        if getattr(transport, "client", None) is not None:
+            return False
+        log.warning("broker connection lost: %s skipped; the message(s) come back after the visibility timeout", what)
+        return True
+
+    def restore_unacked(self, client=None) -> None:
+        if client is None and self._detached(f"restoring {len(self._delivered)} unacked message(s)"):
             return
         super().restore_unacked(client)
+
+    def ack(self, delivery_tag) -> None:
+        if not self._detached("an ack on the old connection"):
+            super().ack(delivery_tag)
+
+    def reject(self, delivery_tag, requeue: bool = False) -> None:
+        if not self._detached("a reject on the old connection"):
+            super().reject(delivery_tag, requeue=requeue)
 
 
 class Channel(redis.Channel):

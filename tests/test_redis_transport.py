@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 from kombu import Connection, Exchange, Queue
 
-from bench.chaos.common import RedisServer
+from bench.chaos.servers import RedisServer
 from events.redis_transport import TRANSPORT
 
 

@@ -23,18 +23,15 @@ import time
 
 from kombu import Connection
 
-from bench.chaos.common import (
-    Ledger,
+from bench.chaos.common import Ledger, Row, account, wait_applied
+from bench.chaos.procs import Workers
+from bench.chaos.servers import (
     RabbitNode,
     RedisServer,
-    Row,
-    Workers,
-    account,
     broker_diagnosis,
     delivery_settings,
     scratch,
     settle,
-    wait_applied,
 )
 from bench.chaos.stream import JobStream
 from bench.common import bench_settings

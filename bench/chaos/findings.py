@@ -22,7 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.chaos.common import RedisServer, quiet_logs, scratch
+from bench.chaos.common import quiet_logs
+from bench.chaos.servers import RedisServer, scratch
 from events.decode import RawMessage, event_key
 from events.intake import ingest
 from indexgate.locks import AcquireRequest
@@ -242,7 +243,7 @@ def redis_restart_patched(trials: int = 6) -> bool:
 def restore_cadence() -> bool:
     """On Redis a whole worker's unacked messages come back only at a consumer's first poll or
     every unacked_restore_interval x unacked_restore_throttle (10 s x 10), not at the timeout."""
-    from bench.chaos.common import Workers, children
+    from bench.chaos.procs import Workers, children
     from bench.common import bench_settings
     from events.publisher import Publisher, funnel_event
     from workers.broker_names import delete_run_names

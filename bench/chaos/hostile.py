@@ -31,17 +31,15 @@ from cloudevents.core.bindings.rabbitmq import RabbitMQMessage
 from bench.chaos.common import (
     Ledger,
     Row,
-    Workers,
     account,
     applied_tokens,
-    broker_url,
     dead_tokens,
     invariant_violations,
-    scratch,
-    settle,
     wait_applied,
 )
 from bench.chaos.hostile_gen import ALLOWED, Msg, generate
+from bench.chaos.procs import Workers
+from bench.chaos.servers import broker_url, scratch, settle
 from bench.common import bench_settings
 from events.decode import RawMessage
 from events.intake import DEAD_LETTER_BODY_LIMIT, ingest

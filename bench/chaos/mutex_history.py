@@ -35,7 +35,8 @@ from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from bench.chaos.common import Row, all_audit, scratch, stuck_locks
+from bench.chaos.common import Row, all_audit, stuck_locks
+from bench.chaos.servers import scratch
 from indexgate.clock import utcnow
 from indexgate.errors import TransientError
 from indexgate.locks import AcquireRequest, conflicts

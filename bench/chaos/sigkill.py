@@ -28,19 +28,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.chaos.common import (
-    Ledger,
-    Row,
-    Workers,
-    account,
-    alive,
+from bench.chaos.common import Ledger, Row, account, wait_applied
+from bench.chaos.procs import Workers, alive, children
+from bench.chaos.servers import (
     broker_diagnosis,
     broker_url,
-    children,
     delivery_settings,
     scratch,
     settle,
-    wait_applied,
 )
 from bench.chaos.stream import JobStream
 from bench.common import bench_settings

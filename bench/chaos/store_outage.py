@@ -19,17 +19,14 @@ import sys
 from collections import Counter
 from datetime import datetime
 
-from bench.chaos.common import (
-    Ledger,
-    Row,
-    Workers,
-    account,
+from bench.chaos.common import Ledger, Row, account, wait_applied
+from bench.chaos.procs import Workers
+from bench.chaos.servers import (
     broker_diagnosis,
     broker_url,
     delivery_settings,
     scratch,
     settle,
-    wait_applied,
 )
 from bench.chaos.stream import JobStream
 from bench.common import bench_settings

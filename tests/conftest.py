@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import pytest
 
 from indexgate.settings import Settings
+from tests.service_kit import POLICY, MutableClock, Outbox
 from workers.broker_names import delete_run_names
 from workers.processes import settings_env, worker_processes  # noqa: F401 (re-exported for tests)
 
@@ -84,3 +85,31 @@ def running_worker(settings: Settings):
         yield app
     reset(app)
 
+
+# --- a service on SQLite with a test clock (service-level tests; a module may override) ---
+
+
+@pytest.fixture
+def clock() -> MutableClock:
+    return MutableClock()
+
+
+@pytest.fixture
+def outbox() -> Outbox:
+    return Outbox()
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    from indexgate.store.sqlite import SqliteStore
+
+    sqlite = SqliteStore(tmp_path / "store.db")
+    yield sqlite
+    sqlite.close()
+
+
+@pytest.fixture
+def service(store, clock, outbox):
+    from indexgate.service import Service
+
+    return Service(store, POLICY, clock=clock, notify=outbox)

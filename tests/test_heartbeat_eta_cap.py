@@ -18,10 +18,9 @@ from events.decode import STRUCTURED, RawMessage
 from events.intake import ingest
 from indexgate.service import Service
 from indexgate.settings import Settings
-from indexgate.store.sqlite import SqliteStore
 from schemas.payloads import MAX_SECONDS, HeartbeatData, StartedData
 from tests.test_locks import POLICY
-from tests.test_service import BRANCH, HEARTBEAT, STARTED, T0, MutableClock
+from tests.test_service import BRANCH, HEARTBEAT, STARTED, T0
 
 BEYOND = [MAX_SECONDS + 1, 1e9, 1e12, 1e300, "1e12", pytest.param(10**400, id="10**400")]
 
@@ -57,16 +56,6 @@ def test_the_durations_of_started_are_not_capped(field):
 # --- through the intake ---------------------------------------------------------------
 
 
-@pytest.fixture
-def clock() -> MutableClock:
-    return MutableClock()
-
-
-@pytest.fixture
-def service(tmp_path: Path, clock: MutableClock):
-    store = SqliteStore(tmp_path / "store.db")
-    yield Service(store, POLICY, clock=clock)
-    store.close()
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -10,12 +10,11 @@ from indexgate import locks, permissions
 from indexgate.errors import InvalidRequest, LockNotFound
 from indexgate.locks import AcquireRequest, HeartbeatUpdate, Policy
 from schemas.records import AuditKind, BranchState, Health, JobStatus, ReleaseReason
+from tests.service_kit import POLICY, T0
 
-T0 = datetime(2025, 6, 26, 10, 0, tzinfo=timezone.utc)
 MS = timedelta(milliseconds=1)
 BRANCH = "feature/user-schema"
 # interval 60 s, dead after 3 missed = 180 s; default TTL 1 h, max 2 h
-POLICY = Policy(default_ttl_s=3600, max_ttl_s=7200, default_heartbeat_interval_s=60, missed_heartbeats=3)
 HB_DEADLINE_S = 180
 TTL = (ReleaseReason.TTL_EXPIRED,)
 HEARTBEAT = (ReleaseReason.HEARTBEAT_MISSED,)

@@ -7,17 +7,13 @@ first (``indexgate.locks.release_job``), then the same through the catalog and a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from events import catalog
 from indexgate import locks
-from indexgate.service import Service
-from indexgate.store.sqlite import SqliteStore
 from schemas.records import AuditKind, JobStatus, ReleaseReason
 from tests.test_locks import HB_DEADLINE_S, MS, POLICY, at, held, req
-from tests.test_service import BRANCH, COMPLETED, MutableClock, event, start
+from tests.test_service import BRANCH, COMPLETED, event, start
 
 ENDS = [ReleaseReason.COMPLETED, ReleaseReason.FAILED, ReleaseReason.CANCELLED]
 ALL_DEATHS = (ReleaseReason.TTL_EXPIRED, ReleaseReason.HEARTBEAT_MISSED)
@@ -65,16 +61,6 @@ def test_a_lock_that_opted_out_of_auto_release_still_binds_so_keeps_the_jobs_rea
 # --- through the catalog and a service ------------------------------------------------
 
 
-@pytest.fixture
-def clock() -> MutableClock:
-    return MutableClock()
-
-
-@pytest.fixture
-def service(tmp_path: Path, clock: MutableClock):
-    store = SqliteStore(tmp_path / "store.db")
-    yield Service(store, POLICY, clock=clock)
-    store.close()
 
 
 def test_completed_after_the_heartbeat_deadline_is_recorded_as_heartbeat_missed(service, clock):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,66 +13,15 @@ from events.decode import STRUCTURED, IncomingEvent, RawMessage
 from events.intake import ingest
 from events.publisher import encode, funnel_event
 from indexgate.errors import LockNotFound, StoreUnavailable, VersionConflict
-from indexgate.locks import Policy
 from indexgate.service import CAS_ATTEMPTS, Service
 from indexgate.settings import Settings
 from indexgate.store.sqlite import SqliteStore
 from schemas.records import AuditKind, JobStatus, ReleaseReason
+from tests.service_kit import POLICY, T0, MutableClock, Outbox  # noqa: F401 (re-exported for other tests)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "funnel-events"
-T0 = datetime(2025, 6, 26, 10, 0, tzinfo=timezone.utc)
 BRANCH = "feature/user-schema"
-POLICY = Policy(default_ttl_s=3600, max_ttl_s=7200, default_heartbeat_interval_s=60, missed_heartbeats=3)
 STARTED, HEARTBEAT, COMPLETED = "com.oms.indexing.started", "com.oms.indexing.heartbeat", "com.oms.indexing.completed"
-
-
-@dataclass
-class MutableClock:
-    now: datetime = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@dataclass
-class Outbox:
-    """A notify callback that records what it was given, and can be made to fail."""
-
-    sent: list = field(default_factory=list)
-    failing: bool = False
-
-    def __call__(self, entries) -> None:
-        if self.failing:
-            raise ConnectionError("broker down")
-        self.sent += list(entries)
-
-    def kinds(self) -> list[AuditKind]:
-        return [entry.kind for entry in self.sent]
-
-
-@pytest.fixture
-def clock() -> MutableClock:
-    return MutableClock()
-
-
-@pytest.fixture
-def outbox() -> Outbox:
-    return Outbox()
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    sqlite = SqliteStore(tmp_path / "store.db")
-    yield sqlite
-    sqlite.close()
-
-
-@pytest.fixture
-def service(store, clock, outbox) -> Service:
-    return Service(store, POLICY, clock=clock, notify=outbox)
 
 
 @pytest.fixture

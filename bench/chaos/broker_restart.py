@@ -23,17 +23,15 @@ import time
 
 from kombu import Connection
 
-from bench.chaos.common import Ledger, Row, account, wait_applied
+from bench.chaos.common import Ledger, Row
 from bench.chaos.procs import Workers
 from bench.chaos.servers import (
     RabbitNode,
     RedisServer,
-    broker_diagnosis,
     delivery_settings,
     scratch,
-    settle,
 )
-from bench.chaos.stream import JobStream
+from bench.chaos.stream import JobStream, finish
 from bench.common import bench_settings
 from events.publisher import Publisher
 from indexgate.service import Service
@@ -123,15 +121,7 @@ def _exercise(row: Row, settings, publisher: Publisher, restart, restarts: int, 
             stream.run_until(lambda: False, timeout_s=rng.uniform(1.5, 3.0), tick=supervise)  # mid-stream
             hows.append(restart(n))
         stream.run_until(lambda: False, timeout_s=2.0, tick=supervise)  # and afterwards
-        drained = stream.drain(timeout_s=25, tick=supervise)
-        applied = wait_applied(service.store, ledger, timeout_s=15, alive=supervise)
-        settle(settings)
-        counts = account(service, ledger, all_jobs_ended=drained)
-        row.take(counts)
-        if counts.lost:
-            row.note(broker_diagnosis(settings, set(ledger.events) - applied))
-        if not drained:
-            row.note(f"{len(stream.jobs)} job(s) could not be ended in time (an event of theirs was never applied)")
+        finish(row, stream, settings, service, drain_s=25, applied_s=15, tick=supervise)
         row.note(f"workers that died and were started again by the harness (as a supervisor would): "
                  f"{len(replaced)}; reconnect lines in the logs: "
                  f"{len(workers.log_lines('(?i)connection to broker lost|Cannot connect|reconnect'))}")

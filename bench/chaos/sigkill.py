@@ -28,16 +28,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.chaos.common import Ledger, Row, account, wait_applied
+from bench.chaos.common import Ledger, Row
 from bench.chaos.procs import Workers, alive, children
 from bench.chaos.servers import (
-    broker_diagnosis,
     broker_url,
     delivery_settings,
     scratch,
-    settle,
 )
-from bench.chaos.stream import JobStream
+from bench.chaos.stream import JobStream, finish
 from bench.common import bench_settings
 from events.publisher import Publisher
 from indexgate.service import Service
@@ -101,15 +99,7 @@ def _run(name: str, broker: str, whole: bool, target: int, seed: int, **override
             thread.join(timeout=60)
             if errors:
                 raise errors[0]
-            drained = stream.drain(timeout_s=30)
-            applied = wait_applied(service.store, ledger, timeout_s=20)
-            settle(settings)
-            counts = account(service, ledger, all_jobs_ended=drained)
-            row.take(counts)
-            if counts.lost:
-                row.note(broker_diagnosis(settings, set(ledger.events) - applied))
-            if not drained:
-                row.note(f"{len(stream.jobs)} job(s) could not be ended in time (an event of theirs was never applied)")
+            finish(row, stream, settings, service)
         finally:
             stop.set()
             workers.stop_all()

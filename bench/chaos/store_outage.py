@@ -19,16 +19,14 @@ import sys
 from collections import Counter
 from datetime import datetime
 
-from bench.chaos.common import Ledger, Row, account, wait_applied
+from bench.chaos.common import Ledger, Row
 from bench.chaos.procs import Workers
 from bench.chaos.servers import (
-    broker_diagnosis,
     broker_url,
     delivery_settings,
     scratch,
-    settle,
 )
-from bench.chaos.stream import JobStream
+from bench.chaos.stream import JobStream, finish
 from bench.common import bench_settings
 from events.publisher import Publisher
 from indexgate.service import Service
@@ -91,12 +89,7 @@ def run(broker: str = "redis", short: bool = True, seed: int = 31) -> Row:
                     "recoveries": [l for l in lines if RECOVERY_LINE in l],
                     "about": [l for l in lines if ABOUT_OUTAGE.search(l)],
                 })
-            drained = stream.drain(timeout_s=30)
-            applied = wait_applied(service.store, ledger, timeout_s=30)
-            settle(settings)
-            row.take(account(service, ledger, all_jobs_ended=drained))
-            if row.lost:
-                row.note(broker_diagnosis(settings, set(ledger.events) - applied))
+            finish(row, stream, settings, service, applied_s=30)
         finally:
             workers.stop_all()
             publisher.close()

@@ -18,9 +18,12 @@ from typing import Callable
 
 from cloudevents.core.v1.event import CloudEvent
 
-from bench.chaos.common import Ledger, Published
+from bench.chaos.common import Counts, Ledger, Published, Row, account, wait_applied
+from bench.chaos.servers import broker_diagnosis, settle
 from events.decode import event_key
 from events.publisher import Publisher, funnel_event
+from indexgate.service import Service
+from indexgate.settings import Settings
 
 TYPES = ["object_type", "link_type", "action_type", "function_type", "interface_type"]
 SOURCE = "chaos-funnel"
@@ -139,3 +142,19 @@ class JobStream:
                 tick()
             time.sleep(pause_s)
         return not self.jobs
+
+
+def finish(row: Row, stream: "JobStream", settings: Settings, service: Service, drain_s: float = 30,
+           applied_s: float = 20, tick: Callable[[], None] | None = None) -> Counts:
+    """The end of every stream scenario: end the jobs in flight, wait for the effects and
+    for the broker to settle, count into ``row``, and say where lost events are."""
+    drained = stream.drain(timeout_s=drain_s, tick=tick)
+    applied = wait_applied(service.store, stream.ledger, timeout_s=applied_s, alive=tick)
+    settle(settings)
+    counts = account(service, stream.ledger, all_jobs_ended=drained)
+    row.take(counts)
+    if counts.lost:
+        row.note(broker_diagnosis(settings, set(stream.ledger.events) - applied))
+    if not drained:
+        row.note(f"{len(stream.jobs)} job(s) could not be ended in time (an event of theirs was never applied)")
+    return counts

@@ -3,7 +3,9 @@
 ``runtime(app)`` builds them on first use in each process (the pid is checked, so a
 prefork child never reuses its parent's connections); ``worker_process_init`` builds them
 eagerly in each pool child. The outage tracker makes a store outage one log line, not a
-flood: the first failure logs an error, the recovery logs once more.
+flood: the first failure logs an error, the recovery logs once more - once per machine,
+not once per pool process, because the processes agree through a flag file (see
+``Outage``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celery import Celery
@@ -29,8 +33,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outage:
-    """Remembers whether the store is currently failing, to log each outage once."""
+    """Logs each store outage once per machine: an error when it starts, a line when it ends.
 
+    Each pool process sees the outage on its own, so the processes agree through a flag
+    file: whoever creates it (``O_EXCL``, atomic) logs the error, whoever removes it logs the
+    recovery. A flag older than ``remind_s`` (a long outage, or one left by a killed worker)
+    is taken over and logged again, so a stale flag can hide a new outage for at most that.
+    """
+
+    flag: Path
+    remind_s: float = 300.0
     since_failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -38,14 +50,41 @@ class Outage:
         with self._lock:
             self.since_failures += 1
             first = self.since_failures == 1
-        if first:
+        if (first or self._stale()) and self._claim():
             log.error("store unavailable, events are being retried with backoff: %s", exc)
 
     def succeeded(self) -> None:
         with self._lock:
             failures, self.since_failures = self.since_failures, 0
-        if failures:
-            log.warning("store reachable again after %d failed attempt(s)", failures)
+        if failures and self._release():
+            log.warning("store reachable again after %d failed attempt(s) in this process", failures)
+
+    def _claim(self) -> bool:
+        try:
+            os.close(os.open(self.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            if not self._stale():
+                return False
+            os.utime(self.flag)  # remind: still down (or a killed worker's flag)
+            return True
+        except OSError:
+            return True  # no flag possible (read-only dir): log rather than stay silent
+
+    def _stale(self) -> bool:
+        try:
+            return time.time() - self.flag.stat().st_mtime > self.remind_s
+        except OSError:
+            return False
+
+    def _release(self) -> bool:
+        try:
+            self.flag.unlink()
+            return True
+        except FileNotFoundError:
+            return False  # another process reported the recovery
+        except OSError:
+            return True
 
 
 @dataclass
@@ -102,4 +141,4 @@ def reset(app: Celery) -> None:
 def _build(settings: Settings) -> Runtime:
     publisher = Publisher(settings)
     service = Service.from_settings(settings, notify=publisher.publish_entries)
-    return Runtime(settings, service, publisher, Outage(), os.getpid())
+    return Runtime(settings, service, publisher, Outage(settings.data_dir / "store-outage.flag"), os.getpid())

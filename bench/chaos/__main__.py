@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from bench.chaos import LEGEND, SCENARIOS, failures
 from bench.chaos.common import quiet_logs, table
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the CI sizes (about 3 minutes in all)")
     parser.add_argument("--broker", default="redis", choices=["redis", "rabbitmq"])
     parser.add_argument("--seed", type=int, default=None, help="one seed for every scenario's generator")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="also write the table and notes as markdown here (e.g. bench/chaos/RESULTS.md)")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
@@ -43,21 +46,30 @@ def main(argv: list[str] | None = None) -> int:
         row.figures["seconds"] = round(time.monotonic() - started, 1)
         print(f"  {name}: done in {row.figures['seconds']} s", flush=True)
         rows.append(row)
-    print()
-    print(table(rows))
-    print(LEGEND)
-    print()
-    for row in rows:
-        print(f"[{row.scenario}] ({row.figures['seconds']} s)")
-        for note in row.notes:
-            print(f"  - {note}")
     bad = {row.scenario: failures(row) for row in rows if failures(row)}
-    print()
+    lines = [table(rows), LEGEND, ""]
+    for row in rows:
+        lines.append(f"[{row.scenario}] ({row.figures['seconds']} s)")
+        lines += [f"  - {note}" for note in row.notes]
+    lines.append("")
     if bad:
-        print("FAILED: " + "; ".join(f"{name} ({', '.join(why)})" for name, why in bad.items()))
+        lines.append("FAILED: " + "; ".join(f"{name} ({', '.join(why)})" for name, why in bad.items()))
     else:
-        print("all rows: 0 lost, 0 applied twice, 0 stuck, 0 crashes, no conflicts, no internal errors")
+        lines.append("all rows: 0 lost, 0 applied twice, 0 stuck, 0 crashes, no conflicts, no internal errors")
+    text = "\n".join(lines)
+    print("\n" + text)
+    if args.report:
+        _write_report(args.report, text, argv if argv is not None else sys.argv[1:])
     return 1 if bad else 0
+
+
+def _write_report(path: Path, text: str, argv: list[str]) -> None:
+    from bench.common import machine, now_iso
+
+    header = (f"# Chaos results\n\nLatest run of `python -m bench.chaos {' '.join(argv)}` on {now_iso()}, "
+              f"{machine()}. Regenerate with the same command.\n\n")
+    path.write_text(header + "```\n" + text + "\n```\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Scenario ``store_outage``: the SQLite store refuses writes for a few seconds, events
 keep arriving, then it comes back: every event is applied, none was acked early, and the
-worker logs the outage once (per pool process), not once per attempt.
+worker logs the outage once (one line for all its pool processes), not once per attempt.
 
 The outage is another process holding ``BEGIN EXCLUSIVE`` on the store (a stuck writer,
 a backup tool, an operator's shell). The worker runs with ``sqlite_busy_timeout_s=0.2``,
@@ -107,9 +107,8 @@ def run(broker: str = "redis", short: bool = True, seed: int = 31) -> Row:
                  f"sqlite_busy_timeout_s=0.2, store_retry_max_s=1); events published during each: "
                  f"{[o['published_during'] for o in per_outage]}")
         row.note(f"'{OUTAGE_LINE}' ERROR lines per outage: {errors} (by process: {by_process}); recovery lines: "
-                 f"{[len(o['recoveries']) for o in per_outage]}; all lines about the outage: {about}. The tracker "
-                 f"is per process: with a prefork pool of {POOL}, up to {POOL} lines per outage - not a flood, but "
-                 f"not the README's 'one error per outage' either")
+                 f"{[len(o['recoveries']) for o in per_outage]}; all lines about the outage: {about}; the {POOL} "
+                 "pool processes agree through a flag file in data_dir on who reports (workers.runtime.Outage)")
         after = sum(len(o["after"]) for o in per_outage)
         outside = len(workers.log_lines(OUTAGE_LINE)) - sum(errors) - after
         if after or outside:

@@ -1,0 +1,48 @@
+"""The outage tracker: one error line per store outage per machine, not one per pool process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from indexgate.errors import StoreUnavailable
+from workers.runtime import Outage
+
+DOWN = StoreUnavailable("database is locked")
+
+
+def lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level and r.name == "workers.runtime"]
+
+
+def test_two_processes_in_one_outage_log_it_once_and_its_end_once(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    flag = tmp_path / "store-outage.flag"
+    first, second = Outage(flag), Outage(flag)  # two pool processes share the data dir
+    for _ in range(3):
+        first.failed(DOWN)
+        second.failed(DOWN)
+    assert lines(caplog, logging.ERROR) == [f"store unavailable, events are being retried with backoff: {DOWN}"]
+    second.succeeded()
+    first.succeeded()
+    first.succeeded()
+    assert lines(caplog, logging.WARNING) == ["store reachable again after 3 failed attempt(s) in this process"]
+    assert not flag.exists()
+    first.failed(DOWN)  # the next outage is logged again
+    assert len(lines(caplog, logging.ERROR)) == 2
+
+
+def test_a_flag_left_by_a_killed_worker_hides_a_new_outage_only_until_it_is_stale(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    flag = tmp_path / "store-outage.flag"
+    flag.touch()
+    old = time.time() - 301
+    os.utime(flag, (old, old))
+    Outage(flag, remind_s=300).failed(DOWN)
+    assert len(lines(caplog, logging.ERROR)) == 1
+    Outage(flag, remind_s=300).failed(DOWN)  # fresh again: a second process stays quiet
+    assert len(lines(caplog, logging.ERROR)) == 1

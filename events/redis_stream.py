@@ -103,8 +103,9 @@ class StreamGroup:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read_new(self, count: int, block_ms: int) -> list[Entry]:
-        """Entries nobody has read yet (``>``), waiting up to ``block_ms`` for one."""
+    def read_new(self, count: int, block_ms: int | None) -> list[Entry]:
+        """Entries nobody has read yet (``>``), waiting up to ``block_ms`` for one (``None``:
+        not at all)."""
         answer = self.conn.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
         return [_entry(ref, fields) for _key, items in answer or [] for ref, fields in items if fields]
 

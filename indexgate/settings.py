@@ -110,9 +110,13 @@ class Settings(BaseSettings):
     intake_batch_max: int = Field(
         100, description="Redis: at most this many stream entries per hand-off task (fewer when fewer wait)."
     )
-    intake_in_flight_max: int = Field(
-        1000, description="Redis: a worker reads no more entries while this many are handed off and unacked, "
-        "so none waits in the task queue long enough to be claimed again.",
+    intake_waiting_tasks_max: int = Field(
+        1, description="Redis: a worker reads no more entries while this many hand-off tasks wait in the task "
+        "queue; new entries gather in the stream meanwhile and go out as one bigger batch.",
+    )
+    intake_linger_s: float = Field(
+        0.002, description="Redis: after reading fewer than intake_batch_max entries, wait this long for more "
+        "before handing them off (0 = never): under load several events share one task.",
     )
     intake_claim_idle_s: float = Field(
         60, description="Redis: an entry unacked for this long (its worker died, its hand-off task was "

@@ -18,8 +18,10 @@ Why each setting (see also the README's operations section):
 
 from __future__ import annotations
 
+import gc
+
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from beat_schedule import build_schedule
 from events.publisher import transport_class, transport_options
@@ -68,9 +70,17 @@ def _connect_signals(app: Celery) -> None:
     def make_dirs(**_) -> None:
         app.indexgate_settings.ensure_data_dirs()  # type: ignore[attr-defined]
 
+    def freeze(**_) -> None:
+        # Everything loaded by now lives as long as the process: keep it out of the
+        # collector's full passes, which otherwise stalled a pool process for ~45 ms now
+        # and then (seen as one 55 ms switch blackout among 6 ms ones in the benchmark).
+        gc.freeze()
+
     def fresh_clients(**_) -> None:
         reset(app)  # connections never cross a fork; new ones open on first use
+        freeze()
 
     # on first configuration load (worker, beat, flower start), never at import
     app.on_after_configure.connect(make_dirs, weak=False)
     worker_process_init.connect(fresh_clients, weak=False)
+    worker_init.connect(freeze, weak=False)  # the main process, before it forks the pool

@@ -9,10 +9,13 @@ policy. Two doors, chosen by the broker:
   documented hook for foreign messages). It acks the original only after the broker
   confirmed the hand-off task; if the hand-off fails the original is redelivered.
 - Redis: ``StreamStep`` starts ``StreamPump``, a thread reading the intake stream with a
-  consumer group (see ``events.redis_stream`` for why not a kombu list). It hands off a
-  batch of entries per task and does *not* ack them: the task acks each entry after its
-  effect is committed. Entries left pending by a dead worker or a lost task are claimed
-  after ``intake_claim_idle_s`` and handed off again.
+  consumer group (see ``events.redis_stream`` for why not a kombu list). It hands off
+  what it read as one task (up to ``intake_batch_max`` entries) and does *not* ack them:
+  the task acks each entry after its effect is committed. While hand-off tasks wait in
+  the task queue (the pool is behind) it reads nothing, so entries gather in the stream
+  and go out in bigger batches: one event costs the worker less the busier it is, and a
+  backlog stays in the stream, not in the task queue. Entries left pending by a dead
+  worker or a lost task are claimed after ``intake_claim_idle_s`` and handed off again.
 """
 
 from __future__ import annotations
@@ -136,14 +139,21 @@ class StreamPump(threading.Thread):
             after = entries[-1].ref
 
     def _cycle(self, group: redis_stream.StreamGroup) -> None:
-        room = self.settings.intake_in_flight_max - group.in_flight()
-        if room <= 0:
-            self._stopping.wait(0.05)  # the pool is behind: let it catch up
+        if group.conn.llen(self.settings.task_queue) >= self.settings.intake_waiting_tasks_max:
+            # the pool is behind: leave new entries in the stream, where they gather into
+            # one bigger batch, instead of queueing one small task after another
+            self._stopping.wait(0.003)
             return
-        count = min(room, self.settings.intake_batch_max)
+        count = self.settings.intake_batch_max
         if time.monotonic() >= self._next_claim:
             self._claim(group, count)
-        self._hand_off(group.read_new(count, self.BLOCK_MS))
+        entries = group.read_new(count, self.BLOCK_MS)
+        if entries and len(entries) < count and self.settings.intake_linger_s > 0:
+            # a moment for the next few to arrive: one task for several events costs the
+            # worker far less than one task each, for a delay well under a broker hop
+            self._stopping.wait(self.settings.intake_linger_s)
+            entries += group.read_new(count - len(entries), None)
+        self._hand_off(entries)
 
     def _claim(self, group: redis_stream.StreamGroup, count: int) -> None:
         idle_ms = int(self.settings.intake_claim_idle_s * 1000)

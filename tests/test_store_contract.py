@@ -348,6 +348,23 @@ def test_inbox_keys_are_seen_after_save_and_record(store: Store) -> None:
     assert store.seen("src|2")
 
 
+def test_a_concurrent_duplicate_never_commits_twice(store: Store) -> None:
+    """Two deliveries of one event both loaded version 1; the first commits. The second's
+    save on the stale version loses (VersionConflict or DuplicateEvent); the service then
+    reloads and saves again on the current version, and that must say DuplicateEvent -
+    never a second commit of the same event."""
+    first = saved(store, a_state(), an_entry(), key="src|0")
+    store.save(first, [an_entry("main", 2)], "src|dup")
+    with pytest.raises((VersionConflict, DuplicateEvent)):
+        store.save(first, [an_entry("main", 3)], "src|dup")
+    current = store.load("main")
+    with pytest.raises(DuplicateEvent):
+        store.save(current, [an_entry("main", 3)], "src|dup")
+    assert store.load("main").version == current.version
+    assert len(store.audit(branch="main")) == 2
+    store.save(current, [an_entry("main", 4)], "src|other")  # another event still commits
+
+
 def test_branch_of_job_after_save(store: Store) -> None:
     assert store.branch_of_job("job-1") is None
     state = saved(store, a_state("main", job_id="job-1"))
@@ -446,6 +463,28 @@ def test_mongo_crash_after_cas_is_recovered_by_unpublished(mongo: MongoStore, mo
     assert raw is not None and raw["pending_audit"] == [] and raw["pending_inbox"] == []
     assert mongo.flush_pending() == 0  # nothing left; running it again changes nothing
     assert len(mongo.audit()) == 2
+
+
+def test_mongo_redelivery_in_the_crash_window_is_a_duplicate(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """Before the repair ``seen()`` does not know the crashed commit's event yet; the CAS
+    guard (``recent_inbox``) still refuses to commit it a second time."""
+    _crash_after_cas(mongo, monkeypatch)
+    state = saved(mongo, a_state(), an_entry(minute=1), key="src|crash")
+    monkeypatch.undo()
+    assert not mongo.seen("src|crash")
+    with pytest.raises(DuplicateEvent):
+        mongo.save(state, [an_entry(minute=2)], "src|crash")
+
+
+def test_mongo_recent_inbox_stays_bounded(mongo: MongoStore) -> None:
+    from indexgate.store.mongo import RECENT_INBOX
+
+    state = saved(mongo, a_state(), key="src|0")
+    for n in range(1, RECENT_INBOX + 20):
+        state = saved(mongo, state, key=f"src|{n}")
+    raw = mongo._col("branches").find_one({"_id": "main"})
+    assert raw is not None and len(raw["recent_inbox"]) == RECENT_INBOX and raw["recent_inbox"][-1] == f"src|{n}"
 
 
 def test_mongo_pending_entries_survive_a_later_commit(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,11 +17,16 @@ leftovers even when the next commit on the aggregate lands before recovery.
 ``flush_pending()`` completes any leftovers on both collections and runs at the start of
 ``unpublished()``, so the outbox relay repairs a crash on its next poll.
 
-Honest limits: until that repair, a crashed commit's audit entries are missing from
+The inbox collection is written after the CAS, so a second delivery of an event (running
+concurrently in another worker, or redelivered before a crashed commit was repaired) can
+pass ``seen()``; the CAS itself stops it: each aggregate document keeps the keys of its
+last ``RECENT_INBOX`` events in ``recent_inbox``, the CAS filter requires the event's key
+to be absent, and a save that fails on it raises ``DuplicateEvent`` (as SQLite's inbox
+insert does inside its transaction), so the event never commits twice.
+
+Honest limits: until the repair, a crashed commit's audit entries are missing from
 ``audit()``, its inbox key from ``seen()`` and its new references from ``branch_of_job()``
-/ ``index_of()`` -- the inbox key is written after the CAS, so an event redelivered in that
-window is applied again, which the domain's job-level idempotency (a repeated
-``started``/``ended`` for a known job changes nothing) makes harmless. Once the CAS
+/ ``index_of()``. Once the CAS
 succeeded, a save reports success even if the follow-up writes fail (they are logged and
 left to ``flush_pending``): the state *is* committed, and reporting ``StoreUnavailable``
 would make the caller treat a durable write as lost. Audit ``seq`` numbers are reserved
@@ -64,6 +69,14 @@ log = logging.getLogger(__name__)
 DEFAULT_DATABASE = "indexgate"
 SERVER_SELECTION_TIMEOUT_MS = 2000  # an unreachable server becomes StoreUnavailable quickly
 _DUPLICATE_KEY = 11000
+RECENT_INBOX = 200  # event keys each aggregate document remembers for the duplicate guard in its CAS
+
+
+def _unapplied(flt: dict[str, Any], inbox_key: str | None) -> dict[str, Any]:
+    """The CAS filter, plus "this event is not among the document's recent ones"."""
+    return flt if inbox_key is None else {**flt, "recent_inbox": {"$ne": inbox_key}}
+
+
 _PENDING = {"$or": [{"pending_audit.0": {"$exists": True}}, {"pending_inbox.0": {"$exists": True}}]}
 # aggregate collection -> (noun for messages, reference collection, field naming the aggregate there)
 _AGGREGATES = {"branches": ("branch", "jobs", "branch"), "indexes": ("index", "index_refs", "key")}
@@ -209,15 +222,19 @@ class MongoStore:
             collection = self._col(name)
             if version == 0:
                 try:
-                    collection.insert_one({"_id": key, **fields, "pending_audit": rows, "pending_inbox": inbox})
+                    collection.insert_one({"_id": key, **fields, "pending_audit": rows, "pending_inbox": inbox,
+                                           "recent_inbox": inbox})
                 except DuplicateKeyError:
                     raise conflict from None
             else:
-                done = collection.update_one(
-                    {"_id": key, "version": version},
-                    {"$set": fields, "$push": {"pending_audit": {"$each": rows}, "pending_inbox": {"$each": inbox}}},
-                )
+                done = collection.update_one(_unapplied({"_id": key, "version": version}, inbox_key), {
+                    "$set": fields,
+                    "$push": {"pending_audit": {"$each": rows}, "pending_inbox": {"$each": inbox},
+                              "recent_inbox": {"$each": inbox, "$slice": -RECENT_INBOX}},
+                })
                 if done.matched_count != 1:
+                    if inbox_key is not None and collection.find_one({"_id": key, "recent_inbox": inbox_key}, {"_id": 1}):
+                        raise DuplicateEvent(f"event {inbox_key} was already applied to {noun} {key}")
                     raise conflict
         try:  # committed: the rest is recoverable by flush_pending, so a failure here is not the caller's
             self._complete(name, key, rows, _refs(name, doc, rows), inbox)

@@ -20,7 +20,7 @@ def lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
 
 
 def test_two_processes_in_one_outage_log_it_once_and_its_end_once(tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="workers.runtime")  # other tests may quiet "workers"
     flag = tmp_path / "store-outage.flag"
     first, second = Outage(flag), Outage(flag)  # two pool processes share the data dir
     for _ in range(3):
@@ -37,7 +37,7 @@ def test_two_processes_in_one_outage_log_it_once_and_its_end_once(tmp_path: Path
 
 
 def test_a_flag_left_by_a_killed_worker_hides_a_new_outage_only_until_it_is_stale(tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="workers.runtime")  # other tests may quiet "workers"
     flag = tmp_path / "store-outage.flag"
     flag.touch()
     old = time.time() - 301

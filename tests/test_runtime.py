@@ -30,7 +30,7 @@ def test_two_processes_in_one_outage_log_it_once_and_its_end_once(tmp_path: Path
     second.succeeded()
     first.succeeded()
     first.succeeded()
-    assert lines(caplog, logging.WARNING) == ["store reachable again after 3 failed attempt(s) in this process"]
+    assert lines(caplog, logging.WARNING) == ["store reachable again (3 failed attempt(s) in this process)"]
     assert not flag.exists()
     first.failed(DOWN)  # the next outage is logged again
     assert len(lines(caplog, logging.ERROR)) == 2
@@ -46,3 +46,27 @@ def test_a_flag_left_by_a_killed_worker_hides_a_new_outage_only_until_it_is_stal
     assert len(lines(caplog, logging.ERROR)) == 1
     Outage(flag, remind_s=300).failed(DOWN)  # fresh again: a second process stays quiet
     assert len(lines(caplog, logging.ERROR)) == 1
+
+
+def test_a_success_in_a_process_that_saw_no_failure_ends_the_outage(tmp_path: Path, caplog) -> None:
+    """The process that reported the outage was killed; any other one's success clears it."""
+    caplog.set_level(logging.WARNING, logger="workers.runtime")
+    flag = tmp_path / "store-outage.flag"
+    Outage(flag).failed(DOWN)
+    assert flag.exists()
+    Outage(flag).succeeded()
+    assert not flag.exists() and lines(caplog, logging.WARNING) == [
+        "store reachable again (0 failed attempt(s) in this process)"]
+
+
+def test_the_intake_sees_a_fresh_outage_flag_but_not_a_stale_one(tmp_path: Path) -> None:
+    from indexgate.settings import Settings
+    from workers.runtime import REMIND_S, outage_flag, outage_reported
+
+    settings = Settings(data_dir=tmp_path, store_retry_max_s=60)
+    assert not outage_reported(settings)
+    outage_flag(settings).touch()
+    assert outage_reported(settings)
+    old = time.time() - REMIND_S - 61
+    os.utime(outage_flag(settings), (old, old))
+    assert not outage_reported(settings)  # left by a killed worker: not honoured

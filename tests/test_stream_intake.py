@@ -187,3 +187,20 @@ def test_publish_raw_reaches_the_dead_letters_with_its_headers(settings: Setting
     finally:
         publisher.close()
         service.store.close()
+
+
+def test_during_a_store_outage_the_pump_reads_only_a_probe_per_retry_interval(settings: Settings, conn) -> None:
+    from workers.intake import StreamPump
+    from workers.runtime import outage_flag
+
+    class App:  # what the pump reads of the Celery app
+        indexgate_settings = settings
+
+    pump = StreamPump(App(), consumer="w1")
+    group = redis_stream.StreamGroup(conn, settings, "w1")
+    assert pump._room(group) == settings.intake_batch_max
+    outage_flag(settings).touch()  # a pool process reported the store down
+    assert pump._room(group) == 1  # one entry probes whether it is back
+    assert pump._room(group) == 0  # and no more until the next retry interval
+    outage_flag(settings).unlink()  # a task succeeded
+    assert pump._room(group) == settings.intake_batch_max

@@ -14,8 +14,10 @@ policy. Two doors, chosen by the broker:
   the task acks each entry after its effect is committed. While hand-off tasks wait in
   the task queue (the pool is behind) it reads nothing, so entries gather in the stream
   and go out in bigger batches: one event costs the worker less the busier it is, and a
-  backlog stays in the stream, not in the task queue. Entries left pending by a dead
-  worker or a lost task are claimed after ``intake_claim_idle_s`` and handed off again.
+  backlog stays in the stream, not in the task queue. While the store is down (the
+  outage flag of ``workers.runtime.Outage``) it reads one entry per retry interval, a
+  probe. Entries left pending by a dead worker or a lost task are claimed after
+  ``intake_claim_idle_s`` and handed off again.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from events import redis_stream
 from events.decode import RawMessage
 from events.intake import Delivery, HandOff
 from events.publisher import intake_queue
-from workers.runtime import settings_of
+from workers.runtime import outage_reported, settings_of
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class StreamPump(threading.Thread):
         self.consumer = consumer
         self._stopping = threading.Event()
         self._next_claim = 0.0
+        self._next_probe = 0.0
         self._cursor = "0-0"
 
     def stop(self, timeout_s: float = 5) -> None:
@@ -139,12 +142,9 @@ class StreamPump(threading.Thread):
             after = entries[-1].ref
 
     def _cycle(self, group: redis_stream.StreamGroup) -> None:
-        if group.conn.llen(self.settings.task_queue) >= self.settings.intake_waiting_tasks_max:
-            # the pool is behind: leave new entries in the stream, where they gather into
-            # one bigger batch, instead of queueing one small task after another
-            self._stopping.wait(0.003)
+        count = self._room(group)
+        if not count:
             return
-        count = self.settings.intake_batch_max
         if time.monotonic() >= self._next_claim:
             self._claim(group, count)
         entries = group.read_new(count, self.BLOCK_MS)
@@ -154,6 +154,24 @@ class StreamPump(threading.Thread):
             self._stopping.wait(self.settings.intake_linger_s)
             entries += group.read_new(count - len(entries), None)
         self._hand_off(entries)
+
+    def _room(self, group: redis_stream.StreamGroup) -> int:
+        """How many entries to read now (0: none, after a short wait)."""
+        if outage_reported(self.settings):
+            # The store is down: what the pool holds is retrying already, so new entries
+            # wait in the stream instead of piling up as retrying tasks in memory; one
+            # entry now and then probes whether the store is back.
+            if time.monotonic() < self._next_probe:
+                self._stopping.wait(0.2)
+                return 0
+            self._next_probe = time.monotonic() + self.settings.store_retry_max_s
+            return 1
+        if group.conn.llen(self.settings.task_queue) >= self.settings.intake_waiting_tasks_max:
+            # the pool is behind: leave new entries in the stream, where they gather into
+            # one bigger batch, instead of queueing one small task after another
+            self._stopping.wait(0.003)
+            return 0
+        return self.settings.intake_batch_max
 
     def _claim(self, group: redis_stream.StreamGroup, count: int) -> None:
         idle_ms = int(self.settings.intake_claim_idle_s * 1000)

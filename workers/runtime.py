@@ -31,6 +31,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+REMIND_S = 300.0  # a long store outage is logged again this often
+
+
+def outage_flag(settings: Settings) -> Path:
+    """The file the pool processes of this machine agree through during a store outage."""
+    return settings.data_dir / "store-outage.flag"
+
+
+def outage_reported(settings: Settings) -> bool:
+    """A store outage is going on here: its flag exists and is not stale (retrying tasks
+    refresh it at least every ``REMIND_S``; one older than that plus a retry interval was
+    left behind by a killed worker)."""
+    try:
+        age_s = time.time() - outage_flag(settings).stat().st_mtime
+    except OSError:
+        return False
+    return age_s <= REMIND_S + settings.store_retry_max_s
+
+
 @dataclass
 class Outage:
     """Logs each store outage once per machine: an error when it starts, a line when it ends.
@@ -42,7 +61,7 @@ class Outage:
     """
 
     flag: Path
-    remind_s: float = 300.0
+    remind_s: float = REMIND_S
     since_failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -54,10 +73,12 @@ class Outage:
             log.error("store unavailable, events are being retried with backoff: %s", exc)
 
     def succeeded(self) -> None:
+        """Any success ends the outage, also in a process that saw none of it (the one that
+        did may have been killed meanwhile): one ``stat`` per task while all is well."""
         with self._lock:
             failures, self.since_failures = self.since_failures, 0
-        if failures and self._release():
-            log.warning("store reachable again after %d failed attempt(s) in this process", failures)
+        if (failures or self.flag.exists()) and self._release():
+            log.warning("store reachable again (%d failed attempt(s) in this process)", failures)
 
     def _claim(self) -> bool:
         try:
@@ -141,4 +162,4 @@ def reset(app: Celery) -> None:
 def _build(settings: Settings) -> Runtime:
     publisher = Publisher(settings)
     service = Service.from_settings(settings, notify=publisher.publish_entries)
-    return Runtime(settings, service, publisher, Outage(settings.data_dir / "store-outage.flag"), os.getpid())
+    return Runtime(settings, service, publisher, Outage(outage_flag(settings)), os.getpid())

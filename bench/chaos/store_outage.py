@@ -41,7 +41,7 @@ sys.stdin.readline()  # until the harness says so (or dies: the lock goes with u
 conn.execute("ROLLBACK")
 """
 OUTAGE_LINE = "store unavailable, events are being retried with backoff"
-RECOVERY_LINE = "store reachable again after"
+RECOVERY_LINE = "store reachable again"
 ABOUT_OUTAGE = re.compile(r"(?i)store unavailable|StoreUnavailable|database is locked|store reachable again|"
                           r"outgoing events not published")
 POOL = 2

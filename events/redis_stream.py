@@ -130,6 +130,34 @@ class StreamGroup:
                 return int(info["pending"])
         return 0
 
+    def consumers(self) -> list[dict]:
+        """Each consumer of the group: name, pending entries, ms since it last read."""
+        return [{"name": c["name"].decode(), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
+                for c in self.conn.xinfo_consumers(self.key, self.group)]
+
+    def forget_idle_consumers(self, idle_ms: int) -> list[str]:
+        """Drop consumers that hold nothing and have not read for ``idle_ms``: workers that
+        are gone (every restart under a new hostname, e.g. a new pod, adds one). A live
+        consumer that is dropped anyway comes back with its next read."""
+        gone = [c["name"] for c in self.consumers()
+                if c["pending"] == 0 and c["idle_ms"] > idle_ms and c["name"] != self.consumer]
+        for name in gone:
+            self.conn.xgroup_delconsumer(self.key, self.group, name)
+        return gone
+
+    def status(self) -> dict:
+        """What an operator asks at 3 a.m.: how many events wait, who holds which, and how
+        long the oldest unacked one has waited."""
+        groups = {g["name"].decode(): g for g in self.conn.xinfo_groups(self.key)}
+        group = groups.get(self.group, {})
+        oldest = self.conn.xpending_range(self.key, self.group, min="-", max="+", count=1) if group else []
+        return {
+            "stream": self.key, "group": self.group, "length": self.conn.xlen(self.key),
+            "pending": int(group.get("pending", 0)), "unread": group.get("lag"),
+            "oldest_pending_idle_s": round(oldest[0]["time_since_delivered"] / 1000, 3) if oldest else None,
+            "consumers": self.consumers() if group else [],
+        }
+
     def ack(self, refs: list[str]) -> None:
         """Ack and delete in one transaction: the stream keeps only unfinished events."""
         if refs:

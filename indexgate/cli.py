@@ -20,6 +20,7 @@ from indexgate.cli_common import (
     operator_name,
     service,
 )
+from indexgate.cli_intake import intake
 from indexgate.cli_shadows import index, shadows
 from indexgate.service import Outcome
 from indexgate.settings import Settings
@@ -232,6 +233,7 @@ def audit(branch: str | None, limit: int, as_json: bool) -> None:
 
 main.add_command(shadows)
 main.add_command(index)
+main.add_command(intake)
 
 
 if __name__ == "__main__":  # pragma: no cover

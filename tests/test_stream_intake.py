@@ -204,3 +204,40 @@ def test_during_a_store_outage_the_pump_reads_only_a_probe_per_retry_interval(se
     assert pump._room(group) == 0  # and no more until the next retry interval
     outage_flag(settings).unlink()  # a task succeeded
     assert pump._room(group) == settings.intake_batch_max
+
+
+def test_consumers_of_gone_workers_are_forgotten_but_not_while_they_hold_entries(settings: Settings, conn) -> None:
+    publish_jobs(settings, ["a", "b"])
+    holder = redis_stream.StreamGroup(conn, settings, "pod-holding")
+    holder.ensure()
+    assert len(holder.read_new(1, 100)) == 1
+    gone = redis_stream.StreamGroup(conn, settings, "pod-gone")
+    gone.ack([entry.ref for entry in gone.read_new(1, 100)])  # finished its work, then went away
+    time.sleep(0.05)
+    me = redis_stream.StreamGroup(conn, settings, "pod-me")
+    assert me.forget_idle_consumers(idle_ms=20) == ["pod-gone"]
+    assert {c["name"] for c in me.consumers()} == {"pod-holding"}
+
+
+def test_intake_status_shows_what_waits_and_who_holds_it(settings: Settings, conn, monkeypatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from indexgate.cli import main
+    from workers.processes import settings_env
+
+    publish_jobs(settings, ["a", "b", "c"])
+    group = redis_stream.StreamGroup(conn, settings, "worker-1")
+    group.ensure()
+    group.read_new(2, 100)
+    for name, value in settings_env(settings).items():
+        if name.startswith("INDEXGATE_"):
+            monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["intake", "status", "--json"])
+    assert result.exit_code == 0, result.output
+    stream = json.loads(result.output)["stream"]
+    assert (stream["length"], stream["pending"], stream["unread"]) == (3, 2, 1)
+    assert stream["consumers"][0]["name"] == "worker-1" and stream["consumers"][0]["pending"] == 2
+    assert stream["oldest_pending_idle_s"] is not None
+    assert "2 handed off and unacked" in CliRunner().invoke(main, ["intake", "status"]).output

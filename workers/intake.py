@@ -38,6 +38,7 @@ from workers.runtime import outage_reported, settings_of
 log = logging.getLogger(__name__)
 
 INTAKE_TASK = "indexgate.intake"
+FORGET_CONSUMER_IDLE_S = 3600  # a stream consumer this quiet, holding nothing, belonged to a gone worker
 
 
 class IntakeStep(bootsteps.ConsumerStep):
@@ -182,6 +183,10 @@ class StreamPump(threading.Thread):
             self._hand_off(entries)
         if self._cursor == "0-0":  # scanned everything: look again in a while
             self._next_claim = time.monotonic() + self.settings.intake_claim_idle_s / 4
+            gone = group.forget_idle_consumers(int(FORGET_CONSUMER_IDLE_S * 1000))
+            if gone:
+                log.info("forgot %d intake stream consumer(s) idle for over an hour with nothing pending: %s",
+                         len(gone), ", ".join(gone))
 
     def _hand_off(self, entries: list[redis_stream.Entry]) -> None:
         if entries:

@@ -259,8 +259,8 @@ def _limits(m: dict, n: int, prof: dict | None, confirm_ms: float | None) -> str
         how = ("the intake thread reads the stream in batches and hands each batch to the pool as one "
                "indexgate.intake task, which the consumer thread then takes and dispatches"
                if m.get("stream") else
-               "one Celery consumer thread takes each funnel event, hands it to the pool as an indexgate.intake "
-               "task, then takes that task and dispatches it: two messages per heartbeat, one per noop")
+               "one Celery consumer thread takes each funnel event, hands the events that arrive together to the "
+               "pool as one indexgate.intake task (one publisher confirm), then takes that task and dispatches it")
         parts.append(
             f"the worker's main process is the serial stage ({how}); its CPU per noop / per heartbeat, "
             f"{per_noop:.2f} / "
@@ -269,8 +269,9 @@ def _limits(m: dict, n: int, prof: dict | None, confirm_ms: float | None) -> str
             f"{hb['worker main'] / hb['wall']:.0%} of the phase; pool children {hb['pool children'] * 1000 / n:.2f} "
             f"ms per heartbeat; machine busy {hb.get('machine', 0.0) / hb['wall']:.2f} of {os.cpu_count()} cores)")
     if confirm_ms is not None:
-        parts.append(f"on RabbitMQ the hand-off waits for a publisher confirm, {confirm_ms:.2f} ms per "
-                     "persistent publish measured in this run, one at a time in the consumer thread")
+        parts.append(f"on RabbitMQ each hand-off waits for a publisher confirm, {confirm_ms:.2f} ms per "
+                     "persistent publish measured in this run, in the consumer thread; the funnel publisher "
+                     "(events.publisher) waits for one per event too")
     if prof:
         parts.append(describe_profile(prof))
     if m["hb_pub"] < 1.5 * m["hb"]:

@@ -6,8 +6,9 @@ validation, dead-lettering and the store all happen in the pool, under the tasks
 policy. Two doors, chosen by the broker:
 
 - RabbitMQ and the embedded broker: ``IntakeStep``, a consumer bootstep (Celery's
-  documented hook for foreign messages). It acks the original only after the broker
-  confirmed the hand-off task; if the hand-off fails the original is redelivered.
+  documented hook for foreign messages). It acks the originals only after the broker
+  confirmed their hand-off task (several per task on RabbitMQ, see the class); if the
+  hand-off fails they go back to the queue.
 - Redis: ``StreamStep`` starts ``StreamPump``, a thread reading the intake stream with a
   consumer group (see ``events.redis_stream`` for why not a kombu list). It hands off
   what it read as one task (up to ``intake_batch_max`` entries) and does *not* ack them:
@@ -42,31 +43,65 @@ FORGET_CONSUMER_IDLE_S = 3600  # a stream consumer this quiet, holding nothing, 
 
 
 class IntakeStep(bootsteps.ConsumerStep):
-    """RabbitMQ / embedded broker: one hand-off task per message, then ack."""
+    """RabbitMQ / embedded broker: hand off, then ack. With the worker's event loop (any
+    broker with asynchronous I/O, e.g. RabbitMQ) messages arriving together go out as one
+    task: the first starts an ``intake_linger_s`` timer, the batch leaves when it fires or
+    holds ``intake_batch_max`` messages (at most ``intake_prefetch`` are unacked anyway), so
+    one publisher confirm covers many events. Without it (the embedded broker), one task
+    per message. Timer and handler run on the event loop's thread: no locking needed."""
 
     def __init__(self, parent, **kwargs) -> None:
         self.app = parent.app
+        self.consumer = parent
+        self.held: list = []
+        self.armed = False
         super().__init__(parent, **kwargs)
 
     def include_if(self, parent) -> bool:
         return not redis_stream.uses_stream(settings_of(parent.app))
 
     def get_consumers(self, channel):
+        self.held, self.armed = [], False  # a new connection: the old one's messages come back anyway
         prefetch = settings_of(self.app).intake_prefetch
         return [Consumer(channel, queues=[intake_queue(settings_of(self.app))], on_message=self.on_message,
                          prefetch_count=prefetch, accept=None)]
 
     def on_message(self, message) -> None:
-        raw = RawMessage.build(
-            message.headers, message.content_type, message.body,
-            (message.delivery_info or {}).get("routing_key"),
-        )
-        try:
-            hand_off(self.app, HandOff(items=[Delivery(raw=raw)]))
-        except Exception:
-            log.exception("could not hand a funnel event to the pool; it stays unacked and will be redelivered")
+        settings = settings_of(self.app)
+        self.held.append(message)
+        if self.consumer.hub is None or len(self.held) >= min(settings.intake_batch_max, settings.intake_prefetch):
+            self.flush()
+        elif not self.armed:
+            self.armed = True
+            self.consumer.timer.call_after(settings.intake_linger_s, self.flush)
+
+    def flush(self) -> None:
+        held, self.held, self.armed = self.held, [], False
+        if not held:
             return
-        message.ack()
+        try:
+            hand_off(self.app, HandOff(items=[Delivery(raw=_raw(m)) for m in held]))
+        except Exception:
+            log.exception("could not hand %d funnel event(s) to the pool; they go back to the queue", len(held))
+            _settle(held, "requeue")
+            return
+        _settle(held, "ack")
+
+
+def _raw(message) -> RawMessage:
+    return RawMessage.build(message.headers, message.content_type, message.body,
+                            (message.delivery_info or {}).get("routing_key"))
+
+
+def _settle(messages: list, how: str) -> None:
+    """Ack (or requeue) each message; one on a connection that is gone meanwhile is
+    redelivered by the broker, and the inbox drops it as a duplicate."""
+    for message in messages:
+        try:
+            message.ack() if how == "ack" else message.requeue()
+        except Exception as exc:
+            log.warning("could not %s a funnel message (the broker will redeliver it): %s", how, exc)
+            return
 
 
 def hand_off(app, handoff: HandOff) -> None:

@@ -86,6 +86,16 @@ def intake_queue(settings: Settings) -> Queue:
     return Queue(settings.intake_queue, exchange, routing_key="#", durable=True)
 
 
+def queue_depth(conn: Connection, name: str) -> tuple[int, int]:
+    """(messages ready, consumers) of queue ``name``; (0, 0) when nobody declared it yet.
+    A passive declare on a channel of its own: a missing queue closes that channel only."""
+    try:
+        declared = Queue(name, channel=conn.channel()).queue_declare(passive=True)
+    except (*conn.channel_errors, *conn.connection_errors):
+        return 0, 0
+    return int(declared.message_count or 0), int(declared.consumer_count or 0)
+
+
 class Publisher:
     """Publishes CloudEvents to a topic exchange; one lazily opened connection per process."""
 

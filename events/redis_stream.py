@@ -106,14 +106,12 @@ class StreamGroup:
     def read_new(self, count: int, block_ms: int | None) -> list[Entry]:
         """Entries nobody has read yet (``>``), waiting up to ``block_ms`` for one (``None``:
         not at all)."""
-        answer = self.conn.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms)
-        return [_entry(ref, fields) for _key, items in answer or [] for ref, fields in items if fields]
+        return _entries(self.conn.xreadgroup(self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms))
 
     def read_own(self, after: str, count: int) -> list[Entry]:
         """This consumer's own pending entries after id ``after`` (``0`` = all), e.g. the
         ones it had read before a restart."""
-        answer = self.conn.xreadgroup(self.group, self.consumer, {self.key: after}, count=count)
-        return [_entry(ref, fields) for _key, items in answer or [] for ref, fields in items if fields]
+        return _entries(self.conn.xreadgroup(self.group, self.consumer, {self.key: after}, count=count))
 
     def claim_idle(self, min_idle_ms: int, count: int, cursor: str = "0-0") -> tuple[str, list[Entry]]:
         """Entries pending with anyone for longer than ``min_idle_ms`` (their worker died,
@@ -121,14 +119,11 @@ class StreamGroup:
         to continue from (``0-0`` once the whole pending list was scanned)."""
         following, items, *_deleted = self.conn.xautoclaim(self.key, self.group, self.consumer, min_idle_ms,
                                                             start_id=cursor, count=count)
-        return following.decode(), [_entry(ref, fields) for ref, fields in items if fields]
+        return following.decode(), _entries([(self.key, items)])
 
     def in_flight(self) -> int:
-        """Entries handed to this consumer and not yet acked (flow control)."""
-        for info in self.conn.xinfo_consumers(self.key, self.group):
-            if info["name"].decode() == self.consumer:
-                return int(info["pending"])
-        return 0
+        """Entries handed to this consumer and not yet acked."""
+        return next((c["pending"] for c in self.consumers() if c["name"] == self.consumer), 0)
 
     def consumers(self) -> list[dict]:
         """Each consumer of the group: name, pending entries, ms since it last read."""
@@ -147,7 +142,10 @@ class StreamGroup:
 
     def status(self) -> dict:
         """What an operator asks at 3 a.m.: how many events wait, who holds which, and how
-        long the oldest unacked one has waited."""
+        long the oldest unacked one has waited (all zero before any worker or event made the stream)."""
+        if not self.conn.exists(self.key):
+            return {"stream": self.key, "group": self.group, "length": 0, "pending": 0, "unread": 0,
+                    "oldest_pending_idle_s": None, "consumers": []}
         groups = {g["name"].decode(): g for g in self.conn.xinfo_groups(self.key)}
         group = groups.get(self.group, {})
         oldest = self.conn.xpending_range(self.key, self.group, min="-", max="+", count=1) if group else []
@@ -173,5 +171,7 @@ class StreamGroup:
             self.conn.xclaim(self.key, self.group, self.consumer, 0, refs, justid=True)
 
 
-def _entry(ref: bytes, fields: Mapping[bytes, bytes]) -> Entry:
-    return Entry(ref.decode(), raw_of(fields))
+def _entries(answer) -> list[Entry]:
+    """The entries of an ``XREADGROUP`` / ``XAUTOCLAIM`` answer; a deleted entry (no fields)
+    is skipped."""
+    return [Entry(ref.decode(), raw_of(fields)) for _key, items in answer or [] for ref, fields in items if fields]

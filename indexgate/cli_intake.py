@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from kombu import Queue
 
 from events import redis_stream
-from events.publisher import broker_connection, intake_queue
+from events.publisher import broker_connection, queue_depth
 from indexgate.cli_common import emit
 from indexgate.settings import Settings
 
@@ -51,29 +50,17 @@ def intake_status(as_json: bool) -> None:
 def _status(settings: Settings) -> dict[str, Any]:
     report: dict[str, Any] = {"broker": _safe_url(settings)}
     with broker_connection(settings) as conn:
-        report["tasks_waiting"] = _depth(conn, Queue(settings.task_queue))[0]
+        report["tasks_waiting"] = queue_depth(conn, settings.task_queue)[0]
         if redis_stream.uses_stream(settings):
             client = redis_stream.client(settings)
             try:
-                group = redis_stream.StreamGroup(client, settings, consumer="indexgate-cli")
-                report["stream"] = group.status() if client.exists(group.key) else {
-                    "stream": group.key, "group": group.group, "length": 0, "pending": 0, "unread": 0,
-                    "oldest_pending_idle_s": None, "consumers": []}
+                report["stream"] = redis_stream.StreamGroup(client, settings, consumer="indexgate-cli").status()
             finally:
                 client.close()
         else:
-            waiting, consumers = _depth(conn, intake_queue(settings))
+            waiting, consumers = queue_depth(conn, settings.intake_queue)
             report["queue"] = {"name": settings.intake_queue, "waiting": waiting, "consumers": consumers}
     return report
-
-
-def _depth(conn, queue: Queue) -> tuple[int, int]:
-    """(messages ready, consumers) of a queue; (0, 0) when nobody declared it yet."""
-    try:
-        declared = queue(conn.channel()).queue_declare(passive=True)
-    except conn.channel_errors:
-        return 0, 0
-    return int(declared.message_count or 0), int(declared.consumer_count or 0)
 
 
 def _safe_url(settings: Settings) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from kombu import Connection, Exchange, Queue
 
 from events import redis_stream
+from events.publisher import queue_depth
 from indexgate.settings import Settings
 
 
@@ -56,13 +57,8 @@ def _delete_redis_keys(settings: Settings) -> None:
 def waiting_count(settings: Settings) -> int:
     """Messages of the run not yet finished: ready in its intake and task queues, plus
     intake stream entries not yet acked (Redis)."""
-    total = 0
     with Connection(settings.resolved_broker_url, connect_timeout=2) as conn:
-        for name in (settings.intake_queue, settings.task_queue):
-            try:
-                total += Queue(name, channel=conn.channel()).queue_declare(passive=True).message_count or 0
-            except Exception:  # never declared
-                pass
+        total = sum(queue_depth(conn, name)[0] for name in (settings.intake_queue, settings.task_queue))
     if redis_stream.uses_stream(settings):
         conn = redis_stream.client(settings)
         try:

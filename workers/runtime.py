@@ -39,15 +39,20 @@ def outage_flag(settings: Settings) -> Path:
     return settings.data_dir / "store-outage.flag"
 
 
+def _age_s(flag: Path) -> float | None:
+    """Seconds since the flag was created or last refreshed; None when there is none."""
+    try:
+        return time.time() - flag.stat().st_mtime
+    except OSError:
+        return None
+
+
 def outage_reported(settings: Settings) -> bool:
     """A store outage is going on here: its flag exists and is not stale (retrying tasks
     refresh it at least every ``REMIND_S``; one older than that plus a retry interval was
     left behind by a killed worker)."""
-    try:
-        age_s = time.time() - outage_flag(settings).stat().st_mtime
-    except OSError:
-        return False
-    return age_s <= REMIND_S + settings.store_retry_max_s
+    age_s = _age_s(outage_flag(settings))
+    return age_s is not None and age_s <= REMIND_S + settings.store_retry_max_s
 
 
 @dataclass
@@ -93,10 +98,8 @@ class Outage:
             return True  # no flag possible (read-only dir): log rather than stay silent
 
     def _stale(self) -> bool:
-        try:
-            return time.time() - self.flag.stat().st_mtime > self.remind_s
-        except OSError:
-            return False
+        age_s = _age_s(self.flag)
+        return age_s is not None and age_s > self.remind_s
 
     def _release(self) -> bool:
         try:

@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Callable, Iterable
 
@@ -39,29 +39,33 @@ END_TYPES = {"com.oms.indexing.completed", "com.oms.indexing.failed", "com.oms.i
 # --- the row ---------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    scenario: str
-    runs: int = 0  # fault injections (kills, restarts, outages, pauses) or generated batches
+@dataclass(kw_only=True)
+class Counts:
+    """What the store shows of a run's events (see the module doc for each definition)."""
+
     published: int = 0
     applied_once: int = 0
     lost: int = 0
     applied_twice: int = 0
     stuck: int = 0
-    crashes: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Row(Counts):
+    """One line of the table: a scenario's counts, added up over its runs, and the rest."""
+
+    scenario: str
+    runs: int = 0  # fault injections (kills, restarts, outages, pauses) or generated batches
+    crashes: int = 0
     figures: dict[str, object] = field(default_factory=dict)  # scenario-specific, for tests
 
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def take(self, counts: "Counts") -> None:
-        self.published += counts.published
-        self.applied_once += counts.applied_once
-        self.lost += counts.lost
-        self.applied_twice += counts.applied_twice
-        self.stuck += counts.stuck
-        self.notes += counts.notes
+    def take(self, counts: Counts) -> None:
+        for counted in fields(Counts):
+            setattr(self, counted.name, getattr(self, counted.name) + getattr(counts, counted.name))
 
 
 HEADER = ("scenario", "runs", "events published", "applied once", "lost", "applied twice",
@@ -166,16 +170,6 @@ def wait_applied(store, ledger: Ledger, timeout_s: float, every_s: float = 0.2,
         if alive:
             alive()
         time.sleep(every_s)
-
-
-@dataclass
-class Counts:
-    published: int = 0
-    applied_once: int = 0
-    lost: int = 0
-    applied_twice: int = 0
-    stuck: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def account(service: Service, ledger: Ledger, all_jobs_ended: bool = False,

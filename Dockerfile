@@ -1,13 +1,11 @@
-# One image for worker, beat and flower (see docker-compose.yml).
+# One image for setup, worker, beat, API and Flower (see docker-compose.yml).
 FROM python:3.11-slim
-WORKDIR /app
-COPY pyproject.toml README.md beat_schedule.py ./
-COPY indexgate ./indexgate
-COPY schemas ./schemas
-COPY events ./events
-COPY workers ./workers
-RUN pip install --no-cache-dir ".[flower]"
+WORKDIR /src
+COPY . .
+RUN pip install --no-cache-dir ".[server,flower]"
 RUN useradd --create-home indexgate
+# run from a folder without the sources, so the installed ``indexgate`` package is the one imported
+WORKDIR /home/indexgate
 USER indexgate
 ENV INDEXGATE_DATA_DIR=/home/indexgate/data
-CMD ["celery", "-A", "workers", "worker", "--loglevel=INFO"]
+CMD ["celery", "-A", "indexgate.workers", "worker", "--loglevel=INFO"]

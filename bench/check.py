@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.common import Figure, Report, bench_settings, percentiles
 from indexgate.locks import AcquireRequest
 from indexgate.service import Origin, Service
-from schemas.records import BranchState, ReleaseReason
+from indexgate.schemas.records import BranchState, ReleaseReason
 
 LOCKED_TYPES = ("object_type", "link_type", "action_type", "interface")
 RETAINED_JOBS = 500

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from indexgate.settings import Settings
+from indexgate.store import initialize_store
 
 BROKERS = {"redis": "redis://127.0.0.1:6379/13", "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//"}
 
@@ -39,6 +40,7 @@ def bench_settings(data_dir: Path, broker: str, **overrides) -> Settings:
         task_queue=f"bench.tasks.{suffix}", out_exchange=f"bench.out.{suffix}", **overrides,
     )
     settings.ensure_data_dirs()
+    initialize_store(settings)
     return settings
 
 
@@ -163,27 +165,27 @@ SOURCE = "indexgate-bench"
 
 def event_key(event) -> str:
     """The store's idempotency key of a published event (``store.seen`` takes it)."""
-    from events.decode import event_key as key_of
+    from indexgate.events.decode import event_key as key_of
 
     return key_of(event.get_source(), event.get_id())
 
 
 def started(job: str, branch: str, resource_types: list[str], **data) -> "object":
-    from events.publisher import funnel_event
+    from indexgate.events.publisher import funnel_event
 
     return funnel_event("com.oms.indexing.started", {"job_id": job, "branch": branch,
                                                       "resource_types": resource_types, **data}, source=SOURCE)
 
 
 def heartbeat(job: str, n: int, tag: str) -> "object":
-    from events.publisher import funnel_event
+    from indexgate.events.publisher import funnel_event
 
     return funnel_event("com.oms.indexing.heartbeat", {"job_id": job, "progress_percent": n % 100},
                         source=SOURCE, event_id=f"{tag}-{n:07d}")
 
 
 def completed(job: str) -> "object":
-    from events.publisher import funnel_event
+    from indexgate.events.publisher import funnel_event
 
     return funnel_event("com.oms.indexing.completed", {"job_id": job, "record_count": 1}, source=SOURCE)
 
@@ -257,7 +259,9 @@ def profiled_sqlite_store(path: Path, synchronous: str = "FULL"):
                 self.commit_s += time.perf_counter() - t0
                 self.commits += 1
 
-    return ProfiledSqliteStore(path, synchronous=synchronous)
+    store = ProfiledSqliteStore(path, synchronous=synchronous)
+    store.initialize()
+    return store
 
 
 class CpuMeter:

@@ -18,11 +18,11 @@ import uuid
 from pathlib import Path
 
 from bench.common import Figure, Report, bench_settings, percentiles
-from events.decode import event_key
+from indexgate.events.decode import event_key
 from indexgate.clock import utcnow
 from indexgate.locks import heartbeat_deadline
 from indexgate.service import Origin, Service
-from schemas.payloads import StartedData
+from indexgate.schemas.payloads import StartedData
 
 INTERVAL_S = 0.2
 POLL_S = 0.005

@@ -34,12 +34,12 @@ from bench.common import (
     wait_until,
 )
 from bench.throughput import BRANCH, heartbeat_rate
-from events.publisher import Publisher
+from indexgate.events.publisher import Publisher
 from indexgate.service import Service
 from indexgate.settings import Settings
 from indexgate.store import open_store
-from workers.broker_names import delete_run_names
-from workers.processes import worker_processes
+from indexgate.testing.broker_names import delete_run_names
+from indexgate.testing.processes import worker_processes
 
 POLL_S = 0.001
 MAX_PHASE_S = 10.0  # the paced phase lasts at most this long

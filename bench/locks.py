@@ -35,7 +35,7 @@ from bench.common import (
 from indexgate.locks import AcquireRequest
 from indexgate.service import Origin, Service, policy_from
 from indexgate.store import open_store
-from schemas.records import ReleaseReason
+from indexgate.schemas.records import ReleaseReason
 
 REDIS = {"host": "127.0.0.1", "port": 6379, "db": 13}
 

@@ -40,11 +40,11 @@ from bench.common import (
     wait_until,
     worker_rss,
 )
-from events.publisher import Publisher
+from indexgate.events.publisher import Publisher
 from indexgate.service import Service
-from workers.app import create_app
-from workers.broker_names import delete_run_names
-from workers.processes import worker_processes
+from indexgate.workers.app import create_app
+from indexgate.testing.broker_names import delete_run_names
+from indexgate.testing.processes import worker_processes
 
 BATCH = 200
 SAMPLE_S = 1.0

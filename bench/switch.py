@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.common import Figure, Report, bench_settings, percentiles, wait_until
-from events.publisher import Publisher, funnel_event
+from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.errors import IndexgateError
 from indexgate.locations import write_index
 from indexgate.service import Service
-from workers.broker_names import delete_run_names
-from workers.processes import worker_processes
+from indexgate.testing.broker_names import delete_run_names
+from indexgate.testing.processes import worker_processes
 
 SEED_BLACKOUT_MS = 10_000.0
 BRANCH = "bench/switch"

@@ -49,15 +49,15 @@ from bench.common import (
     started,
     wait_until,
 )
-from events import redis_stream
-from events.decode import RawMessage
-from events.intake import ingest
-from events.publisher import Publisher, encode
+from indexgate.events import redis_stream
+from indexgate.events.decode import RawMessage
+from indexgate.events.intake import ingest
+from indexgate.events.publisher import Publisher, encode
 from indexgate.service import Service, policy_from
 from indexgate.settings import Settings
-from workers.app import create_app
-from workers.broker_names import delete_run_names
-from workers.processes import (
+from indexgate.workers.app import create_app
+from indexgate.testing.broker_names import delete_run_names
+from indexgate.testing.processes import (
     PROJECT_ROOT,
     settings_env,
     stop,
@@ -285,7 +285,7 @@ def run(report: Report, folder: Path, broker: str, heartbeats: int = 3000, profi
     settings = bench_settings(folder, broker)
     n = heartbeats
     try:
-        with worker_processes(settings, count=1, concurrency=None) as procs:
+        with worker_processes(settings, count=1, concurrency=None, app_module="indexgate.testing.app") as procs:
             m = _measure(settings, procs, _sender(settings), n)
         variant = None
         if diagnose:

@@ -12,10 +12,11 @@ from typing import Callable
 
 from pydantic import BaseModel, ValidationError
 
-from events.decode import IncomingEvent
+from indexgate.events.decode import IncomingEvent
 from indexgate.errors import MalformedEvent
-from indexgate.service import Origin, Outcome, Service
-from schemas.payloads import (
+from indexgate.outcomes import Origin, Outcome, Status
+from indexgate.service import Service
+from indexgate.schemas.payloads import (
     CancelledData,
     CompletedData,
     FailedData,
@@ -23,7 +24,7 @@ from schemas.payloads import (
     StartedData,
     SwitchRequestData,
 )
-from schemas.records import ReleaseReason
+from indexgate.schemas.records import ReleaseReason
 
 Handler = Callable[[Service, BaseModel, Origin], Outcome]
 
@@ -80,5 +81,5 @@ def apply(service: Service, event: IncomingEvent) -> Outcome:
     route, payload = validate(event)
     origin = Origin(actor=event.source, key=event.key, time=event.time)
     if service.already_applied(origin):
-        return Outcome(status="duplicate", detail=f"event {event.key} was already applied")
+        return Outcome(status=Status.DUPLICATE, detail=f"event {event.key} was already applied")
     return route.handle(service, payload, origin)

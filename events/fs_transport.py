@@ -22,7 +22,7 @@ from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
-TRANSPORT = "events.fs_transport:Transport"
+TRANSPORT = "indexgate.events.fs_transport:Transport"
 
 
 class Channel(filesystem.Channel):

@@ -23,13 +23,14 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from events import catalog
-from events.decode import RawMessage, decode
+from indexgate.events import catalog
+from indexgate.events.decode import RawMessage, decode
 from indexgate.clock import utcnow
 from indexgate.errors import MalformedEvent, OperatorError, TransientError
-from indexgate.service import Outcome, Service
+from indexgate.outcomes import Outcome, Status
+from indexgate.service import Service
 from indexgate.settings import Settings
-from schemas.records import DeadLetter
+from indexgate.schemas.records import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def dead_letter(service: Service, raw: RawMessage, reason: str) -> Outcome:
     )
     service.record_dead_letter(letter)
     log.warning("dead-lettered message %s: %s", letter.letter_id, reason)
-    return Outcome(status="dead_lettered", detail=reason)
+    return Outcome(status=Status.DEAD_LETTERED, detail=reason)
 
 
 def kept_body(raw: RawMessage, limit: int = DEAD_LETTER_BODY_LIMIT) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from cloudevents.core.v1.event import CloudEvent
 
-from schemas.records import AuditEntry, AuditKind
+from indexgate.schemas.records import AuditEntry, AuditKind
 
 TYPE_PREFIX = "com.indexgate.lock."
 

@@ -22,11 +22,11 @@ from cloudevents.core.v1.event import CloudEvent
 from kombu import Connection, Exchange, Queue
 from kombu.pools import producers
 
-from events import fs_transport, redis_stream, redis_transport
-from events.outgoing import to_cloudevent
+from indexgate.events import fs_transport, redis_stream, redis_transport
+from indexgate.events.outgoing import to_cloudevent
 from indexgate.clock import utcnow
 from indexgate.settings import Settings
-from schemas.records import AuditEntry, new_id
+from indexgate.schemas.records import AuditEntry, new_id
 
 Mode = Literal["structured", "binary"]
 _FORMAT = JSONFormat()

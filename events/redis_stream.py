@@ -28,7 +28,7 @@ from typing import Mapping
 import redis
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage
 
-from events.decode import RawMessage
+from indexgate.events.decode import RawMessage
 from indexgate.settings import Settings
 
 BODY, CONTENT_TYPE, ROUTING_KEY = "body", "content-type", "routing-key"

@@ -26,7 +26,7 @@ from kombu.transport import redis
 
 log = logging.getLogger(__name__)
 
-TRANSPORT = "events.redis_transport:Transport"
+TRANSPORT = "indexgate.events.redis_transport:Transport"
 
 
 class QoS(redis.QoS):

@@ -13,7 +13,9 @@ import sys
 import click
 
 from indexgate.cli_common import (
+    EXIT_CONFIG,
     EXIT_DENIED,
+    load_settings,
     emit,
     guarded,
     lock_json,
@@ -22,15 +24,21 @@ from indexgate.cli_common import (
 )
 from indexgate.cli_intake import intake
 from indexgate.cli_shadows import index, shadows
+from indexgate.errors import ConfigError
 from indexgate.service import Outcome
-from indexgate.settings import Settings
-from schemas.records import DeadLetter
+from indexgate.store import initialize_store
+from indexgate.schemas.records import DeadLetter
 
 
 @click.group()
 @click.version_option(package_name="indexgate")
 def main() -> None:
     """indexgate: branch locks and shadow-index switches driven by funnel CloudEvents."""
+    try:
+        load_settings()  # an unknown or bad INDEXGATE_* variable stops every command
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
 
 
 @main.command()
@@ -38,12 +46,22 @@ def main() -> None:
 @click.option("--concurrency", type=int, default=None, help="Pool processes (default: CPU count).")
 def up(loglevel: str, concurrency: int | None) -> None:
     """Run a worker with embedded beat in the foreground (embedded defaults: no servers)."""
-    from workers import app
+    from indexgate.workers import app
 
     argv = ["worker", "-B", f"--loglevel={loglevel}"]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     app.worker_main(argv)
+
+
+@main.command()
+@guarded
+def setup() -> None:
+    """Initialize the store (idempotent); run before the first worker, and after upgrades."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    url = initialize_store(load_settings())
+    click.echo(f"store {maybe_sanitize_url(url)}: initialized")
 
 
 @main.command()
@@ -173,14 +191,14 @@ def locks_release(lock_id: str, reason: str, operator: str | None) -> None:
 @click.option("--id", "event_id", default=None, help="Event id (default: random).")
 def publish(event_type: str, data_json: str, mode: str, source: str, event_id: str | None) -> None:
     """Publish a funnel CloudEvent to the funnel exchange (what the funnel does)."""
-    from events.publisher import Publisher, funnel_event
+    from indexgate.events.publisher import Publisher, funnel_event
 
     try:
         data = json.loads(data_json)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from exc
     event = funnel_event(event_type, data, source=source, event_id=event_id)
-    publisher = Publisher(Settings())
+    publisher = Publisher(load_settings())
     try:
         publisher.publish_funnel(event, mode=mode)  # type: ignore[arg-type]
     finally:

@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from events import redis_stream
-from events.publisher import broker_connection, queue_depth
-from indexgate.cli_common import emit
+from indexgate.events import redis_stream
+from indexgate.events.publisher import broker_connection, queue_depth
+from indexgate.cli_common import emit, load_settings
 from indexgate.settings import Settings
 
 
@@ -27,7 +27,7 @@ def intake() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def intake_status(as_json: bool) -> None:
     """Events waiting, unacked and consumed, per broker."""
-    settings = Settings()
+    settings = load_settings()
     try:
         report = _status(settings)
     except Exception as exc:  # the broker is the thing being diagnosed: say so, exit 1

@@ -7,6 +7,7 @@ import sys
 import click
 
 from indexgate.cli_common import emit, guarded, operator_name, service
+from indexgate.outcomes import Status
 from indexgate.shadow_service import SwitchResult, status_json
 from indexgate.shadows import CHECKS
 
@@ -55,7 +56,7 @@ def _print_switch(result: SwitchResult, as_json: bool) -> None:
         if result.blackout_ms is not None:
             click.echo(f"  writes blocked {result.blackout_ms:.1f} ms (switch {result.switch_duration_ms or 0:.1f} ms), "
                        f"fencing token {result.fencing_token}")
-    if result.status not in ("switched", "rolled_back"):
+    if result.status not in (Status.SWITCHED, Status.ROLLED_BACK):
         sys.exit(2)
 
 

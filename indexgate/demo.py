@@ -19,13 +19,14 @@ from typing import Callable
 from celery.beat import EmbeddedService
 from celery.contrib.testing.worker import start_worker
 
-from events.publisher import Publisher, funnel_event
+from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.clock import poll
 from indexgate.errors import IndexgateError
 from indexgate.locations import write_index
 from indexgate.service import Service
+from indexgate.store import initialize_store
 from indexgate.settings import Settings
-from schemas.records import AuditKind
+from indexgate.schemas.records import AuditKind
 
 BRANCH = "feature/user-schema"
 INTERVAL_S = 1.0
@@ -54,7 +55,8 @@ def run_demo(data_dir: str | None = None) -> int:
             outbox_relay_interval_s=5.0,
         )
         settings.ensure_data_dirs()
-        from workers.app import create_app
+        initialize_store(settings)  # what `indexgate setup` does; the worker would do it too
+        from indexgate.workers.app import create_app
 
         app = create_app(settings)
         stack.enter_context(start_worker(app, pool="solo", perform_ping_check=False, loglevel="ERROR",

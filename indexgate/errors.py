@@ -10,12 +10,14 @@
     ├── TransientError              retry later: the task layer retries these with backoff
     │   ├── StoreError
     │   │   ├── StoreUnavailable    the store cannot be reached or is locked
+    │   │   │   └── StoreNotInitialized  no indexgate store there: never set up (or wrong URL)
     │   │   └── VersionConflict     a compare-and-swap lost a race; reload and reapply
     │   └── SwitchInProgress        another switch of the same index holds the claim
     └── OperatorError               an operator action cannot be done as asked
         ├── LockNotFound
         ├── InvalidRequest
         ├── InvalidTransition       a shadow build cannot move to that state now
+        │   └── SwitchClaimed       it is SWITCHING: another switch holds its claim
         └── StaleFencingToken       a pointer update older than the last one applied
 
 Messages say what happened and what to do about it, because the reader is an operator.
@@ -56,6 +58,12 @@ class StoreUnavailable(StoreError):
     """The store cannot be read or written right now (down, locked, unreadable)."""
 
 
+class StoreNotInitialized(StoreUnavailable):
+    """The store URL names nothing indexgate ever set up: a missing file or database, or one
+    that ``indexgate setup`` (or a worker's start) never initialized. Reads answer "unknown"
+    instead of reading an empty store as "nothing is locked"."""
+
+
 class VersionConflict(StoreError):
     """Another writer changed the aggregate since it was loaded."""
 
@@ -74,6 +82,10 @@ class InvalidRequest(OperatorError):
 
 class InvalidTransition(OperatorError):
     """The shadow build's state does not allow the requested change."""
+
+
+class SwitchClaimed(InvalidTransition):
+    """The build is SWITCHING: another switch holds its claim (until it ends or expires)."""
 
 
 class StaleFencingToken(OperatorError):

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from indexgate.errors import InvalidRequest, LockNotFound
 from indexgate.rules import Policy, Transition
-from schemas.records import (
+from indexgate.schemas.records import (
     AuditEntry,
     AuditKind,
     BranchState,

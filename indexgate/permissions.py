@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from indexgate.locks import LockView, conflicts, in_force, view
 from indexgate.rules import Policy
-from schemas.records import BranchState
+from indexgate.schemas.records import BranchState
 
 ALWAYS_ALLOWED_ACTIONS = frozenset({"read", "draft"})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.records import AuditEntry, AuditKind
+from indexgate.schemas.records import AuditEntry, AuditKind
 
 
 @dataclass(frozen=True)

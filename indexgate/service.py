@@ -8,56 +8,25 @@ Celery tasks, beat's sweeps and the CLI all enter here; nothing bypasses it.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from indexgate import locks, permissions
 from indexgate.clock import Clock, utcnow
-from indexgate.errors import DuplicateEvent, LockNotFound, VersionConflict
+from indexgate.commits import Commits, Notify
+from indexgate.errors import LockNotFound
 from indexgate.locks import AcquireRequest, HeartbeatUpdate, LockView
+from indexgate.outcomes import Origin, Outcome
 from indexgate.permissions import Decision
 from indexgate.rules import Policy, Transition
+from indexgate.schemas.payloads import HeartbeatData, JobEnd, StartedData
+from indexgate.schemas.records import AuditEntry, AuditKind, BranchState, DeadLetter, Health, ReleaseReason
 from indexgate.settings import Settings
 from indexgate.shadow_service import Shadows, SwitchPolicy
 from indexgate.store import Store, open_store
-from schemas.payloads import HeartbeatData, JobEnd, StartedData
-from schemas.records import (
-    AuditEntry,
-    AuditKind,
-    BranchState,
-    DeadLetter,
-    Health,
-    ReleaseReason,
-)
 
-log = logging.getLogger(__name__)
-
-CAS_ATTEMPTS = 20
-Notify = Callable[[Sequence[AuditEntry]], None]
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Who caused a change: the event's source (or an operator), its key and time."""
-
-    actor: str
-    key: str | None = None
-    time: datetime | None = None
-
-
-@dataclass
-class Outcome:
-    """What applying one event or action did, for logs, task results and the CLI."""
-
-    status: str  # applied | refused | ignored | duplicate | unknown_job
-    detail: str = ""
-    audit: list[AuditEntry] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"status": self.status, "detail": self.detail, "entries": [e.entry_id for e in self.audit]}
+__all__ = ["Origin", "Outcome", "Service", "policy_from"]
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -73,16 +42,18 @@ def policy_from(settings: Settings) -> Policy:
 
 class Service:
     def __init__(self, store: Store, policy: Policy, clock: Clock = utcnow, notify: Notify | None = None,
-                 switch: SwitchPolicy | None = None) -> None:
+                 switch: SwitchPolicy | None = None, on_switch_step: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.policy = policy
         self.clock = clock
-        self.notify = notify  # called with each commit's audit entries (outgoing events)
-        self.shadows = Shadows(self, switch or SwitchPolicy())
+        self.commits = Commits(store, clock, notify)
+        self.shadows = Shadows(self.commits, policy, self, switch or SwitchPolicy(), on_step=on_switch_step)
 
     @classmethod
-    def from_settings(cls, settings: Settings, notify: Notify | None = None) -> "Service":
-        return cls(open_store(settings), policy_from(settings), notify=notify, switch=SwitchPolicy.from_settings(settings))
+    def from_settings(cls, settings: Settings, notify: Notify | None = None,
+                      on_switch_step: Callable[[str], None] | None = None) -> "Service":
+        return cls(open_store(settings), policy_from(settings), notify=notify,
+                   switch=SwitchPolicy.from_settings(settings), on_switch_step=on_switch_step)
 
     def acquire(self, branch: str, request: AcquireRequest, origin: Origin) -> Outcome:
         """Grant locks directly (the switch lock); events go through ``start``."""
@@ -181,87 +152,22 @@ class Service:
         if branch is None:
             if self.store.index_of(job_id) is not None:
                 return shadow()
-            return self._record_only(origin, AuditKind.UNKNOWN_JOB, None, job_id,
-                                     f"event {origin.key} names job {job_id}, which this store never saw")
+            return self.commits.record_only(origin, AuditKind.UNKNOWN_JOB, None, job_id,
+                                            f"event {origin.key} names job {job_id}, which this store never saw")
         return self._mutate(branch, rule, origin)
 
     def _branch_of_lock(self, lock_id: str) -> str:
         return self.show(lock_id).lock.branch
 
-    def _record_only(self, origin: Origin, kind: AuditKind, branch: str | None, job_id: str | None,
-                     why: str) -> Outcome:
-        entry = AuditEntry(at=self.clock(), kind=kind, actor=origin.actor, branch=branch, job_id=job_id,
-                           reason=why, published=True, cause=origin.key)
-        try:
-            self.store.record([entry], origin.key)
-        except DuplicateEvent as exc:
-            return Outcome(status="duplicate", detail=str(exc))
-        return Outcome(status=str(kind), detail=why, audit=[entry])
-
     def _mutate(self, branch: str, rule: Callable[[BranchState, datetime], Transition], origin: Origin) -> Outcome:
-        return self.cas_loop(lambda: self.store.load(branch) or BranchState(branch=branch), self.store.save,
-                             rule, origin, branch)
-
-    def cas_loop(self, load: Callable[[], Any], save: Callable[..., int], rule: Callable[[Any, datetime], Transition],
-                 origin: Origin, name: str) -> Outcome:
-        """Load -> pure rule -> conditional save, again on a lost race; then announce."""
-        for _ in range(CAS_ATTEMPTS):
-            state = load()
-            transition = rule(state, self.clock())
-            for entry in transition.audit:
-                entry.published = entry.kind in _NOT_ANNOUNCED
-                entry.cause = origin.key
-            try:
-                if transition.changed:
-                    save(transition.state, transition.audit, origin.key)
-                else:
-                    self.store.record(transition.audit, origin.key)
-            except VersionConflict:
-                continue
-            except DuplicateEvent as exc:  # a concurrent delivery of this event committed first
-                return Outcome(status="duplicate", detail=str(exc))
-            self._announce(transition.audit)
-            return _outcome(transition)
-        raise VersionConflict(f"{name} kept changing during {CAS_ATTEMPTS} attempts; will retry")
-
-    def _announce(self, entries: Sequence[AuditEntry]) -> None:
-        due = [entry for entry in entries if not entry.published]
-        if not due or self.notify is None:
-            return
-        try:
-            self._publish(due)
-        except Exception:  # the outbox relay re-sends what is still unpublished
-            log.warning("outgoing events not published now; the outbox relay will retry", exc_info=True)
+        return self.commits.cas_loop(lambda: self.store.load(branch) or BranchState(branch=branch),
+                                     self.store.save, rule, origin, branch)
 
     def relay_outbox(self, limit: int = 500) -> int:
         """Publish what a crash or a broker hiccup left unannounced; returns how many."""
-        if self.notify is None:
-            return 0
-        due = self.store.unpublished(limit)
-        if due:
-            self._publish(due)
-        return len(due)
-
-    def _publish(self, due: Sequence[AuditEntry]) -> None:
-        """Announce, then mark published: a crash in between only re-sends (at-least-once)."""
-        assert self.notify is not None
-        self.notify(due)
-        self.store.mark_published([entry.entry_id for entry in due])
+        return self.commits.relay_outbox(limit)
 
     def record_dead_letter(self, letter: DeadLetter) -> None:
         self.store.add_dead_letter(letter)
 
 
-_NOT_ANNOUNCED = frozenset({AuditKind.IGNORED, AuditKind.UNKNOWN_JOB})
-
-
-def _outcome(transition: Transition) -> Outcome:
-    kinds = {entry.kind for entry in transition.audit}
-    if kinds & {AuditKind.REFUSED, AuditKind.SHADOW_REFUSED}:
-        status = "refused"
-    elif transition.changed:
-        status = "applied"
-    else:
-        status = "ignored"
-    detail = "; ".join(filter(None, (entry.reason for entry in transition.audit)))
-    return Outcome(status=status, detail=detail, audit=transition.audit)

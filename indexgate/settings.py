@@ -2,15 +2,26 @@
 
 Every field has a default that runs on a fresh machine with no servers: the broker is
 kombu's ``filesystem://`` transport and the store is SQLite, both under ``data_dir``.
+
+Entry points (worker, beat, CLI, API) read it with ``Settings.from_env()``, which fails
+closed: an ``INDEXGATE_*`` variable that names no setting (a typo such as
+``INDEXGATE_STORE_ULR``) or a value that does not parse stops them with a ``ConfigError``
+naming the variable, instead of silently running on a default store.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from indexgate.errors import ConfigError
+
+ENV_PREFIX = "INDEXGATE_"
 
 
 def _default_data_dir() -> Path:
@@ -20,7 +31,7 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """All knobs of indexgate; ``Settings()`` reads the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="INDEXGATE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     data_dir: Path = Field(
         default_factory=_default_data_dir,
@@ -79,9 +90,6 @@ class Settings(BaseSettings):
     )
     auto_switch: bool = Field(False, description="Switch a shadow in as soon as its build completes.")
     default_index_type: str = Field("SEARCH_INDEX", description="index_type when `started` gives none.")
-    fault_kill_at: str | None = Field(
-        None, description="Crash tests only: SIGKILL the worker at this switch step. Never set in production."
-    )
     job_retention_s: float = Field(
         7 * 86_400, description="How long finished jobs are remembered (duplicate guard)."
     )
@@ -123,6 +131,21 @@ class Settings(BaseSettings):
         "lost in a Redis crash) is handed off again. Keep it above the time a batch takes to apply.",
     )
 
+    @classmethod
+    def from_env(cls) -> "Settings":
+        """The settings of this process's environment, or ``ConfigError`` saying which
+        variable is wrong: unknown ``INDEXGATE_*`` names and unparsable values refuse."""
+        check_environment(os.environ)
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise ConfigError(_readable(exc)) from None
+
+    @classmethod
+    def env_names(cls) -> list[str]:
+        """Every ``INDEXGATE_*`` variable this version understands."""
+        return sorted(ENV_PREFIX + name.upper() for name in cls.model_fields)
+
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
@@ -151,3 +174,25 @@ class Settings(BaseSettings):
             "processed_folder": base / "processed",
             "control_folder": base / "control",
         }
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``INDEXGATE_*`` variables that name no setting, naming the closest known one."""
+    known = Settings.env_names()
+    unknown = sorted(name for name in environ if name.upper().startswith(ENV_PREFIX) and name.upper() not in known)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise ConfigError(f"unknown setting(s) in the environment: {', '.join(hints)}; indexgate refuses to start "
+                          "rather than run on a default it was not meant to use (known settings: see the README's "
+                          "Configuration table)")
+
+
+def _readable(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"])
+        problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err else ""))
+    return "invalid setting(s): " + "; ".join(problems)

@@ -22,32 +22,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any, Callable, Literal, Protocol
 
 from pydantic import BaseModel
 
 from indexgate import locations, shadows
+from indexgate.commits import Commits
 from indexgate.errors import (
     DuplicateEvent,
     IndexgateError,
     InvalidRequest,
     InvalidTransition,
     StaleFencingToken,
+    SwitchClaimed,
     SwitchInProgress,
 )
 from indexgate.locks import AcquireRequest
-from indexgate.rules import Transition
+from indexgate.outcomes import Origin, Outcome, Status
+from indexgate.rules import Policy, Transition
 from indexgate.settings import Settings
-from schemas.payloads import HeartbeatData, JobEnd, StartedData, SwitchRequestData
-from schemas.records import AuditKind, LockKind, ReleaseReason
-from schemas.shadows import (
+from indexgate.schemas.payloads import HeartbeatData, JobEnd, StartedData, SwitchRequestData
+from indexgate.schemas.records import AuditKind, LockKind, ReleaseReason
+from indexgate.schemas.shadows import (
     IndexPointer,
     IndexState,
     ShadowBuild,
@@ -55,8 +56,13 @@ from schemas.shadows import (
     index_key,
 )
 
-if TYPE_CHECKING:
-    from indexgate.service import Origin, Outcome, Service
+
+class SwitchLocks(Protocol):
+    """The two lock use cases a switch needs (``indexgate.service.Service`` has them)."""
+
+    def acquire(self, branch: str, request: AcquireRequest, origin: Origin) -> Outcome: ...
+
+    def release(self, branch: str, job_id: str, reason: ReleaseReason, origin: Origin) -> Outcome: ...
 
 log = logging.getLogger(__name__)
 SWITCHER = "indexgate-switch"
@@ -72,7 +78,6 @@ class SwitchPolicy:
     max_shrink_fraction: float = 0.5
     auto_switch: bool = False
     default_index_type: str = "SEARCH_INDEX"
-    fault_kill_at: str | None = None  # crash tests only: SIGKILL this process at that step
 
     @property
     def claim_s(self) -> float:
@@ -84,11 +89,14 @@ class SwitchPolicy:
         return cls(strategy=s.switch_strategy, links_dir=s.index_links_dir or s.data_dir / "indexes",
                    lock_ttl_s=s.switch_lock_ttl_s, lock_heartbeat_interval_s=s.switch_lock_heartbeat_interval_s,
                    missed_heartbeats=s.missed_heartbeats, max_shrink_fraction=s.max_shrink_fraction,
-                   auto_switch=s.auto_switch, default_index_type=s.default_index_type, fault_kill_at=s.fault_kill_at)
+                   auto_switch=s.auto_switch, default_index_type=s.default_index_type)
+
+
+SWITCH_STATUSES = (Status.SWITCHED, Status.VALIDATION_FAILED, Status.REFUSED, Status.BRANCH_BUSY, Status.ROLLED_BACK)
 
 
 class SwitchResult(BaseModel):
-    status: Literal["switched", "validation_failed", "refused", "branch_busy", "rolled_back"]
+    status: Status  # one of SWITCH_STATUSES
     shadow_index_id: str
     branch: str
     index_type: str
@@ -100,11 +108,14 @@ class SwitchResult(BaseModel):
 
 
 class Shadows:
-    def __init__(self, service: "Service", policy: SwitchPolicy,
+    def __init__(self, commits: Commits, rules: Policy, locks: SwitchLocks, policy: SwitchPolicy,
                  inspect: Callable[[str | None], shadows.LocationFacts] = locations.inspect,
                  verify: Callable[[str | None], bool] = locations.reachable,
                  on_step: Callable[[str], None] | None = None) -> None:
-        self.service = service
+        self.commits = commits
+        self.store = commits.store
+        self.rules = rules
+        self.locks = locks
         self.policy = policy
         self.inspect = inspect
         self.verify = verify
@@ -112,43 +123,41 @@ class Shadows:
 
     # --- events -------------------------------------------------------------------------
 
-    def register(self, data: StartedData, origin: "Origin") -> "Outcome":
+    def register(self, data: StartedData, origin: Origin) -> Outcome:
         index_type = data.index_type or self.policy.default_index_type
         request = shadows.BuildRequest(
             shadow_index_id=getattr(data, "shadow_index_id", None) or f"shadow-{data.job_id}", job_id=data.job_id,
             index_type=index_type, resource_types=tuple(data.resource_types), holder=data.service_name or origin.actor,
             heartbeat_interval_s=data.heartbeat_interval_s, event_time=origin.time)
         return self._mutate(index_key(data.branch, index_type),
-                            lambda s, now: shadows.register(s, request, now, self.service.policy), origin)
+                            lambda s, now: shadows.register(s, request, now, self.rules), origin)
 
-    def progress(self, data: HeartbeatData, origin: "Origin") -> "Outcome":
+    def progress(self, data: HeartbeatData, origin: Origin) -> Outcome:
         return self._mutate(self._key_of(data.job_id), lambda s, now: shadows.progress(
-            s, data.job_id, now, self.service.policy, percent=data.progress_percent, record_count=data.record_count,
+            s, data.job_id, now, self.rules, percent=data.progress_percent, record_count=data.record_count,
             eta_s=data.estimated_remaining_s, event_time=origin.time), origin)
 
-    def finish(self, ref: str, data: JobEnd, reason: ReleaseReason, origin: "Origin") -> "Outcome":
+    def finish(self, ref: str, data: JobEnd, reason: ReleaseReason, origin: Origin) -> Outcome:
         key = self._key_of(ref)
         if reason is ReleaseReason.COMPLETED:
             outcome = self._mutate(key, lambda s, now: shadows.complete(
-                s, ref, now, self.service.policy, record_count=getattr(data, "record_count", None),
+                s, ref, now, self.rules, record_count=getattr(data, "record_count", None),
                 index_size_bytes=getattr(data, "index_size_bytes", None), location=getattr(data, "location", None)),
                 origin)
-            if self.policy.auto_switch and outcome.status == "applied":
+            if self.policy.auto_switch and outcome.status is Status.APPLIED:
                 self._auto_switch(ref)
             return outcome
         to = ShadowState.FAILED if reason is ReleaseReason.FAILED else ShadowState.CANCELLED
         why = getattr(data, "error", None) or getattr(data, "reason", None) or str(reason)
-        return self._mutate(key, lambda s, now: shadows.end(s, ref, to, why, origin.actor, now, self.service.policy),
+        return self._mutate(key, lambda s, now: shadows.end(s, ref, to, why, origin.actor, now, self.rules),
                             origin)
 
-    def switch_requested(self, data: SwitchRequestData, origin: "Origin") -> "Outcome":
-        from indexgate.service import Outcome
-
+    def switch_requested(self, data: SwitchRequestData, origin: Origin) -> Outcome:
         result = self.switch(data.ref, force=data.force, checks=data.validation_checks, backup=data.backup_current,
                              actor=origin.actor, retry_if_busy=True)
         if origin.key:
             with contextlib.suppress(DuplicateEvent):  # a concurrent delivery recorded it first
-                self.service.store.record([], origin.key)
+                self.store.record([], origin.key)
         return Outcome(status=result.status, detail=result.detail)
 
     # --- the switch ---------------------------------------------------------------------
@@ -160,12 +169,12 @@ class Shadows:
         key = self._key_of(ref)
         state = self._load(key)
         build = shadows._get(state, ref)
-        result = SwitchResult(status="switched", shadow_index_id=build.shadow_index_id, branch=state.branch,
+        result = SwitchResult(status=Status.SWITCHED, shadow_index_id=build.shadow_index_id, branch=state.branch,
                               index_type=state.index_type)
         if self.policy.strategy == "filesystem" and locations.as_path(build.location) is None:
             why = f"the filesystem strategy needs a local directory; {build.location!r} is not one"
             self._mutate(key, lambda s, now: _note_failure(s, ref, why, now), _origin())
-            return result.model_copy(update={"status": "refused", "detail": why})
+            return result.model_copy(update={"status": Status.REFUSED, "detail": why})
         if not force:
             result.checks = shadows.validate(build, state.active, self.inspect(build.location), checks,
                                              self.policy.max_shrink_fraction)
@@ -173,15 +182,17 @@ class Shadows:
             if failed:
                 why = "validation failed: " + "; ".join(f"{c.check}: {c.detail}" for c in failed)
                 self._mutate(key, lambda s, now: _note_failure(s, ref, why, now), _origin())
-                return result.model_copy(update={"status": "validation_failed", "detail": why})
+                return result.model_copy(update={"status": Status.VALIDATION_FAILED, "detail": why})
         self._step("validated")
         try:
-            self._mutate(key, lambda s, now: shadows.claim_switch(s, ref, now, self.service.policy, self.policy.claim_s),
+            self._mutate(key, lambda s, now: shadows.claim_switch(s, ref, now, self.rules, self.policy.claim_s),
                          _origin())
-        except InvalidTransition as exc:
-            if retry_if_busy and "SWITCHING" in str(exc):
+        except SwitchClaimed as exc:
+            if retry_if_busy:
                 raise SwitchInProgress(f"{exc}; retrying once the other switch ends or its claim expires") from exc
-            return result.model_copy(update={"status": "refused", "detail": str(exc)})
+            return result.model_copy(update={"status": Status.REFUSED, "detail": str(exc)})
+        except InvalidTransition as exc:
+            return result.model_copy(update={"status": Status.REFUSED, "detail": str(exc)})
         self._step("claimed")
         return self._locked_swap(key, build, result, backup, started)
 
@@ -193,25 +204,25 @@ class Shadows:
         if granted is None:
             why = f"branch busy: a lock holds {', '.join(build.resource_types) or branch}"
             self._mutate(key, lambda s, now: shadows.unclaim(s, ref, why, now), _origin())
-            return result.model_copy(update={"status": "branch_busy", "detail": why})
+            return result.model_copy(update={"status": Status.BRANCH_BUSY, "detail": why})
         blackout_start = perf_counter()
         self._step("locked")
-        status, detail = "switched", f"{ref} is active"
+        status, detail = Status.SWITCHED, f"{ref} is active"
         try:
             self._mutate(key, lambda s, now: shadows.swap(s, ref, granted, now, keep_backup=backup), _origin())
             self._step("swapped")
             self._link(build.branch, build.index_type, build.location)
             if not self.verify(build.location):
-                status, detail = "rolled_back", f"{build.location} is not reachable after the switch; rolled back"
+                status, detail = Status.ROLLED_BACK, f"{build.location} is not reachable after the switch; rolled back"
                 self._mutate(key, lambda s, now: shadows.undo_swap(s, ref, detail, now), _origin())
                 restored = self._load(key).active
                 self._link(build.branch, build.index_type, restored.location if restored else None)
             self._step("verified")
         except (StaleFencingToken, InvalidTransition) as exc:
-            status, detail = "refused", str(exc)
+            status, detail = Status.REFUSED, str(exc)
             self._mutate(key, lambda s, now: shadows.unclaim(s, ref, detail, now), _origin())
         finally:
-            self.service.release(branch, job, ReleaseReason.COMPLETED, _origin())
+            self.locks.release(branch, job, ReleaseReason.COMPLETED, _origin())
             blackout_ms = (perf_counter() - blackout_start) * 1000
         self._step("unlocked")
         switch_ms = (perf_counter() - started) * 1000
@@ -234,36 +245,36 @@ class Shadows:
             restored = self._load(key).active
             self._link(branch, index_type, restored.location if restored else None)
         finally:
-            self.service.release(branch, job, ReleaseReason.COMPLETED, _origin())
+            self.locks.release(branch, job, ReleaseReason.COMPLETED, _origin())
         blackout_ms = (perf_counter() - blackout_start) * 1000
-        return SwitchResult(status="rolled_back", shadow_index_id=restored.shadow_index_id if restored else "",
+        return SwitchResult(status=Status.ROLLED_BACK, shadow_index_id=restored.shadow_index_id if restored else "",
                             branch=branch, index_type=index_type, detail=why, fencing_token=token,
                             blackout_ms=round(blackout_ms, 3))
 
-    def cancel(self, ref: str, actor: str, why: str) -> "Outcome":
+    def cancel(self, ref: str, actor: str, why: str) -> Outcome:
         return self._mutate(self._key_of(ref), lambda s, now: shadows.end(
-            s, ref, ShadowState.CANCELLED, why, actor, now, self.service.policy), _origin(actor))
+            s, ref, ShadowState.CANCELLED, why, actor, now, self.rules), _origin(actor))
 
     # --- reads and sweeps ---------------------------------------------------------------
 
     def builds(self) -> list[tuple[ShadowBuild, ShadowState]]:
-        now = self.service.clock()
-        return [(b, shadows.effective_state(b, now, self.service.policy))
-                for state in self.service.store.indexes() for b in state.builds]
+        now = self.commits.clock()
+        return [(b, shadows.effective_state(b, now, self.rules))
+                for state in self.store.indexes() for b in state.builds]
 
     def status(self, ref: str) -> dict[str, Any]:
         state = self._load(self._key_of(ref))
         build = shadows._get(state, ref)
-        return status_json(build, shadows.effective_state(build, self.service.clock(), self.service.policy))
+        return status_json(build, shadows.effective_state(build, self.commits.clock(), self.rules))
 
     def current(self, branch: str, index_type: str) -> IndexPointer | None:
-        state = self.service.store.load_index(index_key(branch, index_type))
+        state = self.store.load_index(index_key(branch, index_type))
         return state.active if state else None
 
     def sweep(self) -> list:
         entries = []
-        for state in self.service.store.indexes():
-            entries += self._mutate(state.key, lambda s, now: shadows.sweep(s, now, self.service.policy),
+        for state in self.store.indexes():
+            entries += self._mutate(state.key, lambda s, now: shadows.sweep(s, now, self.rules),
                                     _origin()).audit
         return entries
 
@@ -274,9 +285,9 @@ class Shadows:
         request = AcquireRequest(job_id=job, holder=SWITCHER, resource_types=tuple(resource_types) or (None,),
                                  reason=reason, ttl_s=self.policy.lock_ttl_s,
                                  heartbeat_interval_s=self.policy.lock_heartbeat_interval_s, kind=LockKind.SWITCH)
-        outcome = self.service.acquire(branch, request, _origin())
+        outcome = self.locks.acquire(branch, request, _origin())
         tokens = [e.fencing_token for e in outcome.audit if e.kind is AuditKind.ACQUIRED and e.fencing_token]
-        return max(tokens) if outcome.status == "applied" and tokens else None
+        return max(tokens) if outcome.status is Status.APPLIED and tokens else None
 
     def _link(self, branch: str, index_type: str, location: str | None) -> None:
         if self.policy.strategy != "filesystem" or not self.policy.links_dir:
@@ -295,33 +306,29 @@ class Shadows:
             log.warning("auto-switch of %s did not run: %s", ref, exc)
 
     def _step(self, name: str) -> None:
-        if self.policy.fault_kill_at == name:
-            os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the crash tests
         if self.on_step is not None:
             self.on_step(name)
 
     def _key_of(self, ref: str) -> str:
-        key = self.service.store.index_of(ref)
+        key = self.store.index_of(ref)
         if key is None:
             raise InvalidRequest(f"no shadow build {ref}; `indexgate shadows list` shows them")
         return key
 
     def _load(self, key: str) -> IndexState:
-        state = self.service.store.load_index(key)
+        state = self.store.load_index(key)
         if state is None:
             raise InvalidRequest(f"no index {key}")
         return state
 
-    def _mutate(self, key: str, rule: Callable[[IndexState, datetime], Transition], origin: "Origin") -> "Outcome":
+    def _mutate(self, key: str, rule: Callable[[IndexState, datetime], Transition], origin: Origin) -> Outcome:
         branch, _, index_type = key.rpartition("|")
-        store = self.service.store
-        return self.service.cas_loop(lambda: store.load_index(key) or IndexState(branch=branch, index_type=index_type),
+        store = self.store
+        return self.commits.cas_loop(lambda: store.load_index(key) or IndexState(branch=branch, index_type=index_type),
                                      store.save_index, rule, origin, key)
 
 
-def _origin(actor: str = SWITCHER) -> "Origin":
-    from indexgate.service import Origin
-
+def _origin(actor: str = SWITCHER) -> Origin:
     return Origin(actor=actor)
 
 

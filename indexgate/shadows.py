@@ -17,10 +17,10 @@ from typing import Iterable
 
 from pydantic import BaseModel
 
-from indexgate.errors import InvalidRequest, InvalidTransition, StaleFencingToken
+from indexgate.errors import InvalidRequest, InvalidTransition, StaleFencingToken, SwitchClaimed
 from indexgate.rules import Policy, Transition
-from schemas.records import AuditEntry, AuditKind
-from schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState
+from indexgate.schemas.records import AuditEntry, AuditKind
+from indexgate.schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState
 
 S = ShadowState
 LEGAL: dict[ShadowState, frozenset[ShadowState]] = {
@@ -172,6 +172,8 @@ def claim_switch(state: IndexState, ref: str, now: datetime, policy: Policy, cla
     t = Transition(_copy(state))
     build = _get(t.state, ref)
     current = effective_state(build, now, policy)
+    if current is S.SWITCHING:
+        raise SwitchClaimed(f"build {build.shadow_index_id} is SWITCHING: another switch holds its claim")
     if current is not S.BUILT:
         raise InvalidTransition(f"build {build.shadow_index_id} is {current}, not BUILT: it cannot be switched now")
     build.state = S.BUILT  # an abandoned claim reverts before it is claimed again

@@ -19,12 +19,13 @@ from urllib.parse import urlparse
 import pytest
 
 from indexgate.settings import Settings
+from indexgate.store import initialize_store
 from tests.service_kit import POLICY, MutableClock, Outbox
-from workers.broker_names import delete_run_names
-from workers.processes import settings_env, worker_processes  # noqa: F401 (re-exported for tests)
+from indexgate.testing.broker_names import delete_run_names
+from indexgate.testing.processes import settings_env, worker_processes  # noqa: F401 (re-exported for tests)
 
-REDIS_URL = os.environ.get("INDEXGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-AMQP_URL = os.environ.get("INDEXGATE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 BROKERS = {"redis": REDIS_URL, "rabbitmq": AMQP_URL, "embedded": None}
 FIXTURES = Path(__file__).parent / "fixtures" / "funnel-events"
 
@@ -48,13 +49,18 @@ def require_reachable(url: str) -> None:
                     "start it (see .ci/run) - these tests need the real broker")
 
 
-def isolated_settings(data_dir: Path, broker_url: str | None, **overrides) -> Settings:
+def isolated_settings(data_dir: Path, broker_url: str | None, initialize: bool = True, **overrides) -> Settings:
+    """Settings with names no other test uses; the store is initialized (as ``indexgate
+    setup`` would) unless ``initialize`` is False."""
     suffix = uuid.uuid4().hex[:10]
-    return Settings(
+    settings = Settings(
         data_dir=data_dir, broker_url=broker_url, store_url=None,
         funnel_exchange=f"test.funnel.{suffix}", intake_queue=f"test.intake.{suffix}",
         task_queue=f"test.tasks.{suffix}", out_exchange=f"test.out.{suffix}", **overrides,
     )
+    if initialize:
+        initialize_store(settings)
+    return settings
 
 
 @pytest.fixture(params=list(BROKERS))
@@ -74,8 +80,8 @@ def running_worker(settings: Settings):
     """Celery's own in-process test worker (solo pool) with the intake bootstep, no Docker."""
     from celery.contrib.testing.worker import start_worker
 
-    from workers.app import create_app
-    from workers.runtime import reset
+    from indexgate.workers.app import create_app
+    from indexgate.workers.runtime import reset
 
     app = create_app(settings)
     # the AMQP event loop only wakes on its heartbeat timer; a short one lets stop() finish
@@ -104,6 +110,7 @@ def store(tmp_path: Path):
     from indexgate.store.sqlite import SqliteStore
 
     sqlite = SqliteStore(tmp_path / "store.db")
+    sqlite.initialize()
     yield sqlite
     sqlite.close()
 

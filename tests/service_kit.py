@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from indexgate.locks import Policy
-from schemas.records import AuditKind
+from indexgate.schemas.records import AuditKind
 
 T0 = datetime(2025, 6, 26, 10, 0, tzinfo=timezone.utc)
 POLICY = Policy(default_ttl_s=3600, max_ttl_s=7200, default_heartbeat_interval_s=60, missed_heartbeats=3)

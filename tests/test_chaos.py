@@ -105,8 +105,10 @@ def test_mutex_checker_catches_an_overlap(tmp_path) -> None:
     from bench.chaos.mutex_history import BRANCH, check_history
     from indexgate.service import Service
     from indexgate.settings import Settings
-    from schemas.records import AuditEntry, AuditKind, BranchState, Lock
+    from indexgate.store import initialize_store
+    from indexgate.schemas.records import AuditEntry, AuditKind, BranchState, Lock
 
+    initialize_store(Settings(data_dir=tmp_path))
     service = Service.from_settings(Settings(data_dir=tmp_path))
     now = datetime.now(timezone.utc)
     locks = [Lock(branch=BRANCH, resource_type="object_type", holder=f"h{n}", job_id=f"j{n}", fencing_token=n + 1,

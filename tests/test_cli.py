@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from events.catalog import apply
-from events.decode import IncomingEvent
+from indexgate.events.catalog import apply
+from indexgate.events.decode import IncomingEvent
 from indexgate.cli import main
 from indexgate.service import Service
 from indexgate.settings import Settings
-from schemas.records import AuditKind
+from indexgate.store import initialize_store
+from indexgate.schemas.records import AuditKind
 from tests.conftest import (
     REDIS_URL,
     isolated_settings,
@@ -31,7 +32,7 @@ from tests.conftest import (
     settings_env,
     worker_processes,
 )
-from workers.broker_names import delete_run_names
+from indexgate.testing.broker_names import delete_run_names
 
 LOCK_FIELDS = {
     "lock_id", "branch", "resource_type", "holder", "job_id", "reason", "kind", "fencing_token", "acquired_at",
@@ -51,6 +52,7 @@ def start(service: Service, job: str, types: list[str], branch: str = "main", **
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     settings = Settings(data_dir=tmp_path)
     monkeypatch.setenv("INDEXGATE_DATA_DIR", str(tmp_path))
+    initialize_store(settings)
     service = Service.from_settings(settings)
     runner = CliRunner()
 
@@ -114,8 +116,8 @@ def test_locks_commands(cli) -> None:
 
 def test_deadletters_list_json_after_a_malformed_event(cli) -> None:
     service, run = cli
-    from events.decode import RawMessage
-    from events.intake import ingest
+    from indexgate.events.decode import RawMessage
+    from indexgate.events.intake import ingest
 
     raw = RawMessage.build({}, "application/cloudevents+json", b"{oops")
     assert ingest(service, Settings(), raw).status == "dead_lettered"

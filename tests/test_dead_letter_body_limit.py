@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from events.decode import STRUCTURED, RawMessage
-from events.intake import DEAD_LETTER_BODY_LIMIT, ingest
+from indexgate.events.decode import STRUCTURED, RawMessage
+from indexgate.events.intake import DEAD_LETTER_BODY_LIMIT, ingest
 from indexgate.cli import main
 from indexgate.service import Service
 from indexgate.settings import Settings
-from schemas.records import DeadLetter
+from indexgate.store import initialize_store
+from indexgate.schemas.records import DeadLetter
 
 LIMIT = DEAD_LETTER_BODY_LIMIT
 
@@ -26,8 +27,10 @@ LIMIT = DEAD_LETTER_BODY_LIMIT
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("INDEXGATE_DATA_DIR", str(tmp_path))  # for the CLI
-    return Settings(data_dir=tmp_path, store_url=None, broker_url=None, source_allowlist=[],
-                    max_event_bytes=1_048_576)
+    settings = Settings(data_dir=tmp_path, store_url=None, broker_url=None, source_allowlist=[],
+                        max_event_bytes=1_048_576)
+    initialize_store(settings)
+    return settings
 
 
 @pytest.fixture

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from events import catalog
-from events.decode import STRUCTURED, IncomingEvent, RawMessage, decode, event_key
-from events.intake import ingest
-from events.publisher import encode, funnel_event
+from indexgate.events import catalog
+from indexgate.events.decode import STRUCTURED, IncomingEvent, RawMessage, decode, event_key
+from indexgate.events.intake import ingest
+from indexgate.events.publisher import encode, funnel_event
 from indexgate.errors import MalformedEvent
 from indexgate.service import Service
 from indexgate.settings import Settings
-from schemas.payloads import CompletedData, HeartbeatData, StartedData
+from indexgate.store import initialize_store
+from indexgate.schemas.payloads import CompletedData, HeartbeatData, StartedData
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "funnel-events"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "funnel-events"  # the origin of the copies
@@ -119,6 +120,7 @@ def test_event_key_never_collides_across_the_separator():
 
 def test_events_whose_plain_keys_would_collide_are_both_applied(tmp_path):
     settings = Settings(data_dir=tmp_path, store_url=None, broker_url=None, source_allowlist=[])
+    initialize_store(settings)
     service = Service.from_settings(settings)
     try:
         for source, event_id, job, branch in [("a|b", "c", "j1", "b1"), ("a", "b|c", "j2", "b2")]:

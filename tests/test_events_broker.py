@@ -16,11 +16,11 @@ import pytest
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_rabbitmq_event
 from kombu import Exchange, Queue
 
-from events.publisher import Publisher, broker_connection, funnel_event
+from indexgate.events.publisher import Publisher, broker_connection, funnel_event
 from indexgate.clock import poll
 from indexgate.service import Service
 from indexgate.settings import Settings
-from schemas.records import AuditKind
+from indexgate.schemas.records import AuditKind
 from tests.conftest import FIXTURES, running_worker
 
 BRANCH = "feature/user-schema"

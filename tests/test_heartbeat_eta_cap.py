@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from events.decode import STRUCTURED, RawMessage
-from events.intake import ingest
+from indexgate.events.decode import STRUCTURED, RawMessage
+from indexgate.events.intake import ingest
 from indexgate.service import Service
 from indexgate.settings import Settings
-from schemas.payloads import MAX_SECONDS, HeartbeatData, StartedData
+from indexgate.store import initialize_store
+from indexgate.schemas.payloads import MAX_SECONDS, HeartbeatData, StartedData
 from tests.test_locks import POLICY
 from tests.test_service import BRANCH, HEARTBEAT, STARTED, T0
 
@@ -60,7 +61,9 @@ def test_the_durations_of_started_are_not_capped(field):
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, store_url=None, broker_url=None, source_allowlist=[])
+    settings = Settings(data_dir=tmp_path, store_url=None, broker_url=None, source_allowlist=[])
+    initialize_store(settings)
+    return settings
 
 
 def send(service: Service, settings: Settings, type_: str, data: dict, event_id: str) -> str:

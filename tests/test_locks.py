@@ -9,7 +9,7 @@ import pytest
 from indexgate import locks, permissions
 from indexgate.errors import InvalidRequest, LockNotFound
 from indexgate.locks import AcquireRequest, HeartbeatUpdate, Policy
-from schemas.records import AuditKind, BranchState, Health, JobStatus, ReleaseReason
+from indexgate.schemas.records import AuditKind, BranchState, Health, JobStatus, ReleaseReason
 from tests.service_kit import POLICY, T0
 
 MS = timedelta(milliseconds=1)

@@ -14,17 +14,17 @@ import time
 
 import pytest
 
-from events.publisher import Publisher, funnel_event
+from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.locks import conflicts
 from indexgate.service import Service
-from schemas.records import AuditKind
+from indexgate.schemas.records import AuditKind
 from tests.conftest import (
     REDIS_URL,
     isolated_settings,
     require_reachable,
     worker_processes,
 )
-from workers.broker_names import delete_run_names
+from indexgate.testing.broker_names import delete_run_names
 
 pytestmark = pytest.mark.slow
 

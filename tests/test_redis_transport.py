@@ -19,7 +19,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from bench.chaos.servers import RedisServer
-from events.redis_transport import TRANSPORT
+from indexgate.events.redis_transport import TRANSPORT
 
 
 def test_a_collected_channel_skips_ack_and_restore_and_keeps_the_message(tmp_path: Path) -> None:

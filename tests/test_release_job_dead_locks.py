@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from events import catalog
+from indexgate.events import catalog
 from indexgate import locks
-from schemas.records import AuditKind, JobStatus, ReleaseReason
+from indexgate.schemas.records import AuditKind, JobStatus, ReleaseReason
 from tests.test_locks import HB_DEADLINE_S, MS, POLICY, at, held, req
 from tests.test_service import BRANCH, COMPLETED, event, start
 

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 
 from indexgate.errors import StoreUnavailable
-from workers.runtime import Outage
+from indexgate.workers.runtime import Outage
 
 DOWN = StoreUnavailable("database is locked")
 
 
 def lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == level and r.name == "workers.runtime"]
+    return [r.getMessage() for r in caplog.records if r.levelno == level and r.name == "indexgate.workers.runtime"]
 
 
 def test_two_processes_in_one_outage_log_it_once_and_its_end_once(tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="workers.runtime")  # other tests may quiet "workers"
+    caplog.set_level(logging.WARNING, logger="indexgate.workers.runtime")  # other tests may quiet "workers"
     flag = tmp_path / "store-outage.flag"
     first, second = Outage(flag), Outage(flag)  # two pool processes share the data dir
     for _ in range(3):
@@ -37,7 +37,7 @@ def test_two_processes_in_one_outage_log_it_once_and_its_end_once(tmp_path: Path
 
 
 def test_a_flag_left_by_a_killed_worker_hides_a_new_outage_only_until_it_is_stale(tmp_path: Path, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="workers.runtime")  # other tests may quiet "workers"
+    caplog.set_level(logging.WARNING, logger="indexgate.workers.runtime")  # other tests may quiet "workers"
     flag = tmp_path / "store-outage.flag"
     flag.touch()
     old = time.time() - 301
@@ -50,7 +50,7 @@ def test_a_flag_left_by_a_killed_worker_hides_a_new_outage_only_until_it_is_stal
 
 def test_a_success_in_a_process_that_saw_no_failure_ends_the_outage(tmp_path: Path, caplog) -> None:
     """The process that reported the outage was killed; any other one's success clears it."""
-    caplog.set_level(logging.WARNING, logger="workers.runtime")
+    caplog.set_level(logging.WARNING, logger="indexgate.workers.runtime")
     flag = tmp_path / "store-outage.flag"
     Outage(flag).failed(DOWN)
     assert flag.exists()
@@ -61,7 +61,7 @@ def test_a_success_in_a_process_that_saw_no_failure_ends_the_outage(tmp_path: Pa
 
 def test_the_intake_sees_a_fresh_outage_flag_but_not_a_stale_one(tmp_path: Path) -> None:
     from indexgate.settings import Settings
-    from workers.runtime import REMIND_S, outage_flag, outage_reported
+    from indexgate.workers.runtime import REMIND_S, outage_flag, outage_reported
 
     settings = Settings(data_dir=tmp_path, store_retry_max_s=60)
     assert not outage_reported(settings)

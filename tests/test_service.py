@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from events import catalog
-from events.decode import STRUCTURED, IncomingEvent, RawMessage
-from events.intake import ingest
-from events.publisher import encode, funnel_event
+from indexgate.events import catalog
+from indexgate.events.decode import STRUCTURED, IncomingEvent, RawMessage
+from indexgate.events.intake import ingest
+from indexgate.events.publisher import encode, funnel_event
 from indexgate.errors import LockNotFound, StoreUnavailable, VersionConflict
-from indexgate.service import CAS_ATTEMPTS, Service
+from indexgate.commits import CAS_ATTEMPTS
+from indexgate.service import Service
 from indexgate.settings import Settings
 from indexgate.store.sqlite import SqliteStore
-from schemas.records import AuditKind, JobStatus, ReleaseReason
+from indexgate.schemas.records import AuditKind, JobStatus, ReleaseReason
 from tests.service_kit import POLICY, T0, MutableClock, Outbox  # noqa: F401 (re-exported for other tests)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "funnel-events"
@@ -327,6 +328,7 @@ def test_mutate_gives_up_after_the_attempt_budget(service, settings, store, monk
 def pair(tmp_path, clock):
     """Two services, each with its own connection to one SQLite file (two workers)."""
     stores = [SqliteStore(tmp_path / "shared.db") for _ in range(2)]
+    stores[0].initialize()
     yield [Service(store_, POLICY, clock=clock) for store_ in stores]
     for store_ in stores:
         store_.close()
@@ -369,7 +371,7 @@ def test_two_concurrent_deliveries_of_one_event_commit_once(service, store) -> N
     """Both deliveries pass the early `seen` check (they race); the inbox key, inserted in
     the same transaction as the effect, lets only one commit."""
     from indexgate.service import Origin
-    from schemas.payloads import StartedData
+    from indexgate.schemas.payloads import StartedData
 
     origin = Origin(actor="funnel", key="funnel|same-event")
     first = service.start(StartedData(job_id="job-a", branch=BRANCH, resource_types=["object_type"]), origin)

@@ -14,9 +14,9 @@ from indexgate import shadows
 from indexgate.errors import InvalidRequest, InvalidTransition, StaleFencingToken
 from indexgate.rules import Policy, Transition
 from indexgate.shadows import LEGAL, BuildRequest, LocationFacts
-from schemas.records import AuditKind
-from schemas.shadows import IndexPointer, IndexState, ShadowBuild
-from schemas.shadows import ShadowState as S
+from indexgate.schemas.records import AuditKind
+from indexgate.schemas.shadows import IndexPointer, IndexState, ShadowBuild
+from indexgate.schemas.shadows import ShadowState as S
 
 T0 = datetime(2025, 6, 26, 10, 0, tzinfo=timezone.utc)
 POLICY = Policy(default_heartbeat_interval_s=10, missed_heartbeats=3)  # a silent build dies after 30 s

@@ -20,7 +20,7 @@ from indexgate.errors import DuplicateEvent, StoreUnavailable, VersionConflict
 from indexgate.store.base import Store
 from indexgate.store.mongo import MongoStore
 from indexgate.store.sqlite import SqliteStore
-from schemas.records import (
+from indexgate.schemas.records import (
     AuditEntry,
     AuditKind,
     BranchState,
@@ -29,7 +29,7 @@ from schemas.records import (
     JobStatus,
     Lock,
 )
-from schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState
+from indexgate.schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState
 
 MONGODB_URL = os.environ.get("MONGODB_URL")
 MONGO_MODE = "live" if MONGODB_URL else "mongomock"
@@ -59,6 +59,7 @@ def _mongo_store() -> Iterator[MongoStore]:
         adapter = MongoStore.from_url(MONGODB_URL, database=f"indexgate_test_{uuid.uuid4().hex[:12]}")
     else:
         adapter = MongoStore.from_url("mongomock://")
+    adapter.initialize()
     yield adapter
     if MONGODB_URL:
         adapter._db().client.drop_database(adapter.database)
@@ -69,6 +70,7 @@ def _mongo_store() -> Iterator[MongoStore]:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         sqlite = SqliteStore(tmp_path / "store.db")
+        sqlite.initialize()
         yield sqlite
         sqlite.close()
     else:

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage
 
-from events import catalog, redis_stream
-from events.decode import event_key
-from events.intake import Delivery, HandOff, ingest_batch
-from events.publisher import Publisher, encode, funnel_event
+from indexgate.events import catalog, redis_stream
+from indexgate.events.decode import event_key
+from indexgate.events.intake import Delivery, HandOff, ingest_batch
+from indexgate.events.publisher import Publisher, encode, funnel_event
 from indexgate.clock import poll
 from indexgate.errors import StoreUnavailable
 from indexgate.service import Service
@@ -28,7 +28,7 @@ from tests.conftest import (
     require_reachable,
     running_worker,
 )
-from workers.broker_names import delete_run_names, waiting_count
+from indexgate.testing.broker_names import delete_run_names, waiting_count
 
 START = "com.oms.indexing.started"
 
@@ -190,8 +190,8 @@ def test_publish_raw_reaches_the_dead_letters_with_its_headers(settings: Setting
 
 
 def test_during_a_store_outage_the_pump_reads_only_a_probe_per_retry_interval(settings: Settings, conn) -> None:
-    from workers.intake import StreamPump
-    from workers.runtime import outage_flag
+    from indexgate.workers.intake import StreamPump
+    from indexgate.workers.runtime import outage_flag
 
     class App:  # what the pump reads of the Celery app
         indexgate_settings = settings
@@ -225,7 +225,7 @@ def test_intake_status_shows_what_waits_and_who_holds_it(settings: Settings, con
     from click.testing import CliRunner
 
     from indexgate.cli import main
-    from workers.processes import settings_env
+    from indexgate.testing.processes import settings_env
 
     publish_jobs(settings, ["a", "b", "c"])
     group = redis_stream.StreamGroup(conn, settings, "worker-1")

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from events.catalog import apply
-from events.decode import IncomingEvent
+from indexgate.events.catalog import apply
+from indexgate.events.decode import IncomingEvent
 from indexgate import locations
 from indexgate.errors import SwitchInProgress
 from indexgate.locks import Policy
 from indexgate.service import Outcome, Service
 from indexgate.shadow_service import SwitchPolicy
 from indexgate.store.sqlite import SqliteStore
-from schemas.records import AuditEntry, AuditKind
+from indexgate.schemas.records import AuditEntry, AuditKind
 from tests.conftest import FIXTURES
 
 BRANCH = "feature/user-schema"
@@ -34,7 +34,9 @@ STATUS_FIELDS = {"shadow_index_id", "branch_name", "index_type", "state", "build
 
 
 def make_service(tmp_path: Path, **switch) -> Service:
-    return Service(SqliteStore(tmp_path / "store.db"), Policy(), clock=lambda: T0, switch=SwitchPolicy(**switch))
+    store = SqliteStore(tmp_path / "store.db")
+    store.initialize()
+    return Service(store, Policy(), clock=lambda: T0, switch=SwitchPolicy(**switch))
 
 
 @pytest.fixture

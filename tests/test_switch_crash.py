@@ -2,7 +2,7 @@
 
 Real ``celery -A workers worker`` processes (solo pool, so the kill takes the whole worker
 down) consume ``com.oms.shadow.switch.requested`` from RabbitMQ, which requeues a dead
-consumer's unacked message at once. ``INDEXGATE_FAULT_KILL_AT`` makes the worker SIGKILL
+consumer's unacked message at once. ``TESTING_KILL_AT_SWITCH_STEP`` (``indexgate.testing.app``) makes the worker SIGKILL
 itself at the named step. After each kill the active pointer must be the old index or the
 new one, never none; the switch lock must die at its heartbeat deadline with no sweep; and
 a fresh worker must complete the switch from the redelivered request.
@@ -17,15 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from events.publisher import Publisher, funnel_event
+from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.clock import poll
 from indexgate.locations import write_index
 from indexgate.service import Service
-from schemas.records import AuditKind
-from schemas.shadows import ShadowState, index_key
+from indexgate.schemas.records import AuditKind
+from indexgate.schemas.shadows import ShadowState, index_key
 from tests.conftest import AMQP_URL, REDIS_URL, isolated_settings, require_reachable
-from workers.broker_names import delete_run_names
-from workers.processes import start_worker, stop
+from indexgate.testing.broker_names import delete_run_names
+from indexgate.testing.app import KILL_AT_ENV
+from indexgate.testing.processes import start_worker, stop
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +37,8 @@ HEARTBEAT_S = 0.3  # the switch lock and claim die after 3 x 0.3 s
 
 
 def build_and_complete(service: Service, job: str, folder: Path, records: int = 100) -> str:
-    from events.catalog import apply
-    from events.decode import IncomingEvent
+    from indexgate.events.catalog import apply
+    from indexgate.events.decode import IncomingEvent
 
     def send(type_: str, data: dict) -> None:
         apply(service, IncomingEvent(id=uuid.uuid4().hex, source="funnel", type=type_, time=None, data=data))
@@ -66,7 +67,8 @@ def test_sigkill_at_each_switch_step_leaves_old_or_new_never_none(step: str, tmp
     assert service.shadows.switch(old).status == "switched"
     new = build_and_complete(service, "job-new", tmp_path / "idx")
     publisher = Publisher(settings)
-    doomed = start_worker(settings, "doomed", pool="solo", fault_kill_at=step)
+    doomed = start_worker(settings, "doomed", pool="solo", app_module="indexgate.testing.app",
+                          env={KILL_AT_ENV: step})
     try:
         publisher.publish_funnel(funnel_event("com.oms.shadow.switch.requested", {"shadow_index_id": new}))
         assert doomed.wait(timeout=60) == -9, "the worker was meant to be SIGKILLed"
@@ -105,7 +107,7 @@ def test_two_concurrent_switch_requests_exactly_one_wins(tmp_path: Path) -> None
     workers = [start_worker(settings, f"racer{i}", pool="solo") for i in range(2)]
     publisher = Publisher(settings)
     try:
-        from workers.app import create_app
+        from indexgate.workers.app import create_app
 
         app = create_app(settings)
         until(lambda: len(app.control.ping(timeout=0.5) or []) == 2, 60, "both workers up")

@@ -19,23 +19,35 @@ Why each setting (see also the README's operations section):
 from __future__ import annotations
 
 import gc
+import logging
+import os
+from typing import Callable
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
+from kombu.utils.url import maybe_sanitize_url
 
-from beat_schedule import build_schedule
-from events.publisher import transport_class, transport_options
+from indexgate.beat_schedule import build_schedule
+from indexgate.events.publisher import transport_class, transport_options
+from indexgate.errors import ConfigError, StoreUnavailable
 from indexgate.settings import Settings
-from workers.intake import IntakeStep, StreamStep
-from workers.runtime import reset
-from workers.tasks import register_tasks
+from indexgate.store import initialize_store
+from indexgate.workers.intake import IntakeStep, StreamStep
+from indexgate.workers.runtime import reset
+from indexgate.workers.tasks import register_tasks
 
 
-def create_app(settings: Settings | None = None) -> Celery:
-    """A configured Celery app; connects to nothing until a worker or producer starts."""
-    settings = settings or Settings()
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, on_switch_step: Callable[[str], None] | None = None) -> Celery:
+    """A configured Celery app; connects to nothing until a worker or producer starts.
+    ``on_switch_step`` is called at each step of a switch (tests inject faults with it)."""
+    settings = settings or Settings.from_env()
+    _refuse_celery_broker(settings)
     app = Celery("indexgate", set_as_current=False)
     app.indexgate_settings = settings  # type: ignore[attr-defined]
+    app.indexgate_on_switch_step = on_switch_step  # type: ignore[attr-defined]
     app.conf.update(
         broker_url=settings.resolved_broker_url,
         broker_transport_options=transport_options(settings),
@@ -66,6 +78,20 @@ def create_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+def _refuse_celery_broker(settings: Settings) -> None:
+    """``celery -b URL`` and ``CELERY_BROKER_URL`` override the app's broker URL but not its
+    transport class and options: a worker would run half on one broker, half configured for
+    another. One source of truth: a Celery-level broker must agree with indexgate's."""
+    celery_url = os.environ.get("CELERY_BROKER_URL")
+    if celery_url and celery_url != settings.resolved_broker_url:
+        raise ConfigError(
+            f"the broker is set twice and the two disagree: CELERY_BROKER_URL (or `celery -b`) is "
+            f"{maybe_sanitize_url(celery_url)!r} but indexgate's broker is "
+            f"{maybe_sanitize_url(settings.resolved_broker_url)!r} (INDEXGATE_BROKER_URL"
+            f"{'' if settings.broker_url else ', unset: the embedded broker'}); set INDEXGATE_BROKER_URL "
+            "and drop the other")
+
+
 def _connect_signals(app: Celery) -> None:
     def make_dirs(**_) -> None:
         app.indexgate_settings.ensure_data_dirs()  # type: ignore[attr-defined]
@@ -76,6 +102,16 @@ def _connect_signals(app: Celery) -> None:
         # and then (seen as one 55 ms switch blackout among 6 ms ones in the benchmark).
         gc.freeze()
 
+    def initialize(sender=None, **_) -> None:
+        if getattr(sender, "app", None) is not app:
+            return  # another app's worker in this process (tests run several)
+        settings = app.indexgate_settings  # type: ignore[attr-defined]
+        try:
+            initialize_store(settings)
+        except StoreUnavailable as exc:  # tasks retry until it answers; say why now
+            log.error("store %s not initialized at worker start (tasks will retry): %s",
+                      maybe_sanitize_url(settings.resolved_store_url), exc)
+
     def fresh_clients(**_) -> None:
         reset(app)  # connections never cross a fork; new ones open on first use
         freeze()
@@ -83,4 +119,5 @@ def _connect_signals(app: Celery) -> None:
     # on first configuration load (worker, beat, flower start), never at import
     app.on_after_configure.connect(make_dirs, weak=False)
     worker_process_init.connect(fresh_clients, weak=False)
+    worker_init.connect(initialize, weak=False)  # a worker's start initializes the store
     worker_init.connect(freeze, weak=False)  # the main process, before it forks the pool

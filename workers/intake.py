@@ -30,11 +30,11 @@ import time
 from celery import bootsteps
 from kombu import Consumer
 
-from events import redis_stream
-from events.decode import RawMessage
-from events.intake import Delivery, HandOff
-from events.publisher import intake_queue
-from workers.runtime import outage_reported, settings_of
+from indexgate.events import redis_stream
+from indexgate.events.decode import RawMessage
+from indexgate.events.intake import Delivery, HandOff
+from indexgate.events.publisher import intake_queue
+from indexgate.workers.runtime import outage_reported, settings_of
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 
-from events import redis_stream
-from events.publisher import Publisher
+from indexgate.events import redis_stream
+from indexgate.events.publisher import Publisher
 from indexgate.service import Service
 from indexgate.settings import Settings
 
@@ -149,7 +149,7 @@ def runtime(app: Celery) -> Runtime:
     with _guard:
         current = getattr(app, "_indexgate_runtime", None)
         if current is None or current.pid != os.getpid():
-            current = _build(settings_of(app))
+            current = _build(settings_of(app), getattr(app, "indexgate_on_switch_step", None))
             app._indexgate_runtime = current  # type: ignore[attr-defined]
     return current
 
@@ -162,7 +162,7 @@ def reset(app: Celery) -> None:
     app._indexgate_runtime = None  # type: ignore[attr-defined]
 
 
-def _build(settings: Settings) -> Runtime:
+def _build(settings: Settings, on_switch_step=None) -> Runtime:
     publisher = Publisher(settings)
-    service = Service.from_settings(settings, notify=publisher.publish_entries)
+    service = Service.from_settings(settings, notify=publisher.publish_entries, on_switch_step=on_switch_step)
     return Runtime(settings, service, publisher, Outage(outage_flag(settings)), os.getpid())

@@ -11,12 +11,12 @@ import random
 
 from celery import Celery, Task
 
-import beat_schedule as names
-from events.intake import HandOff, ingest_batch
+from indexgate import beat_schedule as names
+from indexgate.events.intake import HandOff, ingest_batch
 from indexgate.errors import StoreUnavailable, TransientError
-from schemas.records import ReleaseReason
-from workers.intake import INTAKE_TASK
-from workers.runtime import runtime, settings_of
+from indexgate.schemas.records import ReleaseReason
+from indexgate.workers.intake import INTAKE_TASK
+from indexgate.workers.runtime import runtime, settings_of
 
 
 class IndexgateTask(Task):
@@ -51,10 +51,6 @@ def register_tasks(app: Celery) -> None:
         rt = runtime(self.app)
         batch = HandOff.model_validate(handoff)
         return [o.as_dict() for o in ingest_batch(rt.service, rt.settings, batch, rt.acks(batch.consumer))]
-
-    @app.task(name="indexgate.noop", ignore_result=True, shared=False, acks_late=True)
-    def noop(*_args) -> None:
-        """Does nothing: the baseline of the throughput benchmark, with the same settings."""
 
     @task(name=names.SWEEP_TTL)
     def sweep_ttl(self) -> int:

@@ -33,9 +33,9 @@ from bench.chaos.servers import (
 )
 from bench.chaos.stream import JobStream, finish
 from bench.common import bench_settings
-from events.publisher import Publisher
+from indexgate.events.publisher import Publisher
 from indexgate.service import Service
-from workers.broker_names import delete_run_names
+from indexgate.testing.broker_names import delete_run_names
 
 CLAIM_IDLE_S = 5.0
 DOWN_S = 1.5  # how long the broker stays away each time

@@ -30,7 +30,7 @@ from indexgate import locks
 from indexgate.clock import utcnow
 from indexgate.locks import conflicts
 from indexgate.service import Service
-from schemas.records import AuditEntry, AuditKind
+from indexgate.schemas.records import AuditEntry, AuditKind
 
 TOKEN_RE = re.compile(r"chaos-[0-9a-f]{8}-\d{6}")
 END_TYPES = {"com.oms.indexing.completed", "com.oms.indexing.failed", "com.oms.indexing.cancelled"}
@@ -262,5 +262,5 @@ def quiet_logs() -> None:
     """The harness's own kombu/celery chatter stays out of the table."""
     import logging
 
-    for name in ("kombu", "celery", "amqp", "events", "indexgate", "workers"):
+    for name in ("kombu", "celery", "amqp", "indexgate"):
         logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -24,16 +24,18 @@ from pathlib import Path
 
 from bench.chaos.common import quiet_logs
 from bench.chaos.servers import RedisServer, scratch
-from events.decode import RawMessage, event_key
-from events.intake import ingest
+from indexgate.events.decode import RawMessage, event_key
+from indexgate.events.intake import ingest
 from indexgate.locks import AcquireRequest
 from indexgate.service import Origin, Service
 from indexgate.settings import Settings
-from schemas.records import AuditKind, ReleaseReason
+from indexgate.store import initialize_store
+from indexgate.schemas.records import AuditKind, ReleaseReason
 
 
 def _service(folder: Path, **overrides) -> tuple[Service, Settings]:
     settings = Settings(data_dir=folder, **overrides)
+    initialize_store(settings)
     return Service.from_settings(settings), settings
 
 
@@ -159,7 +161,7 @@ def oversized_dead_letter() -> bool:
 
 def unconfirmed_publisher() -> bool:
     """events.publisher connects without publisher confirms, also on RabbitMQ."""
-    from events.publisher import Publisher, transport_options
+    from indexgate.events.publisher import Publisher, transport_options
 
     settings = Settings(data_dir=Path(tempfile.gettempdir()), broker_url="amqp://guest:guest@127.0.0.1:5672//")
     publisher = Publisher(settings)
@@ -235,7 +237,7 @@ def redis_restart_crash(trials: int = 6, transport: str = "") -> bool:
 
 def redis_restart_patched(trials: int = 6) -> bool:
     """The same plain app on indexgate's Redis transport: no worker dies (False = fixed)."""
-    from events.redis_transport import TRANSPORT
+    from indexgate.events.redis_transport import TRANSPORT
 
     return redis_restart_crash(trials, transport=TRANSPORT)
 
@@ -245,8 +247,8 @@ def restore_cadence() -> bool:
     every unacked_restore_interval x unacked_restore_throttle (10 s x 10), not at the timeout."""
     from bench.chaos.procs import Workers, children
     from bench.common import bench_settings
-    from events.publisher import Publisher, funnel_event
-    from workers.broker_names import delete_run_names
+    from indexgate.events.publisher import Publisher, funnel_event
+    from indexgate.testing.broker_names import delete_run_names
 
     with scratch("finding") as folder:
         server = RedisServer(folder / "redis")

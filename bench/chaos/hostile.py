@@ -41,13 +41,14 @@ from bench.chaos.hostile_gen import ALLOWED, Msg, generate
 from bench.chaos.procs import Workers
 from bench.chaos.servers import broker_url, scratch, settle
 from bench.common import bench_settings
-from events.decode import RawMessage
-from events.intake import DEAD_LETTER_BODY_LIMIT, ingest
-from events.publisher import Publisher
+from indexgate.events.decode import RawMessage
+from indexgate.events.intake import DEAD_LETTER_BODY_LIMIT, ingest
+from indexgate.events.publisher import Publisher
 from indexgate.errors import TransientError
 from indexgate.service import Service
+from indexgate.store import initialize_store
 from indexgate.settings import Settings
-from workers.broker_names import delete_run_names
+from indexgate.testing.broker_names import delete_run_names
 
 MAX_BYTES = 64 * 1024
 
@@ -68,6 +69,7 @@ def run(broker: str = "redis", short: bool = True, seed: int = 41) -> Row:
 
         settings = Settings(data_dir=folder / "inproc", max_event_bytes=MAX_BYTES, source_allowlist=ALLOWED)
         settings.ensure_data_dirs()
+        initialize_store(settings)
         service = Service.from_settings(settings)
         try:
             started = time.monotonic()

@@ -34,8 +34,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from bench.chaos.common import Ledger, Published
-from events.catalog import ROUTES
-from events.decode import event_key
+from indexgate.events.catalog import ROUTES
+from indexgate.events.decode import event_key
 
 ALLOWED = ["funnel-a", "funnel-b"]
 BRANCHES = ["main", "dev", "feature/ünïcode-🚀", "release/2024.1", "b" * 512, "hot fix"]

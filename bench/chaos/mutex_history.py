@@ -41,9 +41,10 @@ from indexgate.clock import utcnow
 from indexgate.errors import TransientError
 from indexgate.locks import AcquireRequest, conflicts
 from indexgate.service import Origin, Service
+from indexgate.store import initialize_store
 from indexgate.settings import Settings
-from schemas.payloads import HeartbeatData
-from schemas.records import AuditKind, ReleaseReason
+from indexgate.schemas.payloads import HeartbeatData
+from indexgate.schemas.records import AuditKind, ReleaseReason
 
 BRANCH = "mutex/branch"
 TYPES = ["object_type", "link_type", "action_type"]
@@ -121,6 +122,7 @@ def run(broker: str = "redis", short: bool = True, seed: int = 51) -> Row:
     rng = random.Random(seed)
     with scratch("mutex") as folder:
         Settings(data_dir=folder).ensure_data_dirs()
+        initialize_store(Settings(data_dir=folder))
         ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
         stop = ctx.Event()
         procs = [ctx.Process(target=racer, args=(i, str(folder), seconds, seed, stop), name=f"racer-{i}")

@@ -23,8 +23,8 @@ import time
 
 from celery.signals import task_postrun, task_prerun
 
-from workers import app  # noqa: F401  (the app celery -A finds here)
-from workers.intake import INTAKE_TASK
+from indexgate.workers import app  # noqa: F401  (the app celery -A finds here)
+from indexgate.workers.intake import INTAKE_TASK
 
 PROBE_DIR = os.environ.get("CHAOS_PROBE_DIR")
 SLEEP_S = float(os.environ.get("CHAOS_PROBE_SLEEP_MS", "0")) / 1000.0

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from indexgate.settings import Settings
-from workers.processes import answering, start_worker
+from indexgate.testing.processes import answering, start_worker
 
 # --- worker processes ------------------------------------------------------------------
 
@@ -19,7 +19,7 @@ class Workers:
     """Real ``celery worker`` processes started by pid, each with its own log file, and a
     record of which processes *we* killed (every other death is a crash)."""
 
-    def __init__(self, settings: Settings, app_module: str = "workers", **extra_env: str) -> None:
+    def __init__(self, settings: Settings, app_module: str = "indexgate.workers", **extra_env: str) -> None:
         self.settings = settings
         self.app_module = app_module
         self.extra_env = extra_env
@@ -43,7 +43,7 @@ class Workers:
         return [p for p in self.procs if p.poll() is None]
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        from workers.app import create_app
+        from indexgate.workers.app import create_app
 
         app = create_app(self.settings)
         deadline = time.monotonic() + timeout_s

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from events import redis_stream
+from indexgate.events import redis_stream
 from indexgate.settings import Settings
-from workers.broker_names import waiting_count
+from indexgate.testing.broker_names import waiting_count
 
 # --- a private redis-server ------------------------------------------------------------
 
@@ -158,7 +158,7 @@ def settle(settings: Settings, timeout_s: float = 30, quiet_s: float = 1.0) -> N
 
 def delivery_settings(settings: Settings) -> str:
     """The Celery settings the at-least-once claim rests on, as the worker really has them."""
-    from workers.app import create_app
+    from indexgate.workers.app import create_app
 
     app = create_app(settings)
     conf = app.conf

@@ -37,9 +37,9 @@ from bench.chaos.servers import (
 )
 from bench.chaos.stream import JobStream, finish
 from bench.common import bench_settings
-from events.publisher import Publisher
+from indexgate.events.publisher import Publisher
 from indexgate.service import Service
-from workers.broker_names import delete_run_names
+from indexgate.testing.broker_names import delete_run_names
 
 CLAIM_IDLE_S = 3.0  # Redis whole-worker kills: the dead worker's entries come back within the run
 PROBE_SLEEP_MS = 40

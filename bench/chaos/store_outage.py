@@ -28,9 +28,9 @@ from bench.chaos.servers import (
 )
 from bench.chaos.stream import JobStream, finish
 from bench.common import bench_settings
-from events.publisher import Publisher
+from indexgate.events.publisher import Publisher
 from indexgate.service import Service
-from workers.broker_names import delete_run_names
+from indexgate.testing.broker_names import delete_run_names
 
 HOLDER = """
 import sqlite3, sys, time

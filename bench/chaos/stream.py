@@ -20,8 +20,8 @@ from cloudevents.core.v1.event import CloudEvent
 
 from bench.chaos.common import Counts, Ledger, Published, Row, account, wait_applied
 from bench.chaos.servers import broker_diagnosis, settle
-from events.decode import event_key
-from events.publisher import Publisher, funnel_event
+from indexgate.events.decode import event_key
+from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.service import Service
 from indexgate.settings import Settings
 

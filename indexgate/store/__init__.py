@@ -36,4 +36,15 @@ def open_store(settings: Settings) -> Store:
     )
 
 
-__all__ = ["Store", "open_store"]
+def initialize_store(settings: Settings) -> str:
+    """Initialize the configured store (``indexgate setup``, a worker's start); returns its
+    URL for messages. Idempotent."""
+    store = open_store(settings)
+    try:
+        store.initialize()
+    finally:
+        store.close()
+    return settings.resolved_store_url
+
+
+__all__ = ["Store", "initialize_store", "open_store"]

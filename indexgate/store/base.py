@@ -9,14 +9,19 @@ adapter that can do one conditional write.
 
 Adapters turn backend failures into ``StoreUnavailable`` and lost races into
 ``VersionConflict`` right after the call, so nothing above sees a driver exception.
+
+A store is *initialized* once, by ``indexgate setup`` or a worker's start
+(``initialize``). Every other verb refuses a store that was never initialized with
+``StoreNotInitialized`` and creates nothing: a check against a mistyped path or database
+must answer "unknown", never "allowed" from a fresh, empty store.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-from schemas.records import AuditEntry, BranchState, DeadLetter
-from schemas.shadows import IndexState
+from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter
+from indexgate.schemas.shadows import IndexState
 
 
 def job_refs(state: BranchState, audit: Sequence[AuditEntry]) -> list[str]:
@@ -26,7 +31,13 @@ def job_refs(state: BranchState, audit: Sequence[AuditEntry]) -> list[str]:
     return sorted({job.job_id for job in state.jobs} | {e.job_id for e in audit if e.job_id and e.branch == state.branch})
 
 
+SCHEMA_VERSION = 1  # what ``initialize`` records; a store without it was never set up
+
+
 class Store(Protocol):
+    def initialize(self) -> None:
+        """Create what the store needs (tables, indexes) and mark it initialized; idempotent."""
+
     def load(self, branch: str) -> BranchState | None:
         """The branch's aggregate, or None if the branch never had a lock."""
 
@@ -81,7 +92,8 @@ class Store(Protocol):
         """The newest dead letters, newest first."""
 
     def ping(self) -> None:
-        """Raise ``StoreUnavailable`` unless the store answers."""
+        """Raise ``StoreUnavailable`` unless the store answers (``StoreNotInitialized`` if it
+        answers but was never initialized)."""
 
     def close(self) -> None:
         """Release connections (the store may be reopened lazily)."""

@@ -58,11 +58,13 @@ from pymongo.read_concern import ReadConcern
 from indexgate.errors import (
     ConfigError,
     DuplicateEvent,
+    StoreNotInitialized,
     StoreUnavailable,
     VersionConflict,
 )
-from schemas.records import AuditEntry, BranchState, DeadLetter
-from schemas.shadows import IndexState
+from indexgate.store.base import SCHEMA_VERSION
+from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter
+from indexgate.schemas.shadows import IndexState
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ class MongoStore:
         self._mock = urlparse(url).scheme == "mongomock"
         self._client: Any = None  # pymongo.MongoClient or mongomock.MongoClient
         self._pid = 0
-        self._indexed = False
+        self._checked = False  # the meta document was seen by this client
         self._mutex = threading.RLock()
 
     @classmethod
@@ -121,16 +123,30 @@ class MongoStore:
             kwargs["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS
         return MongoClient(self.url, **kwargs)
 
-    def _db(self) -> Database[Any]:
+    def initialize(self) -> None:
+        """Create the indexes and the ``meta`` document that marks the database as indexgate's."""
+        with self._call("initialization"):
+            db = self._raw_db()
+            self._create_indexes(db)
+            db.meta.replace_one({"_id": "schema"}, {"_id": "schema", "version": SCHEMA_VERSION}, upsert=True)
+            self._checked = True
+
+    def _raw_db(self) -> Database[Any]:
         with self._mutex:
             if self._client is None or (not self._mock and self._pid != os.getpid()):
                 # a client must never cross a fork: the child builds its own, never closes the parent's
-                self._client, self._pid, self._indexed = self._new_client(), os.getpid(), False
-            db = self._client[self.database]
-            if not self._indexed:
-                self._create_indexes(db)
-                self._indexed = True
-            return db
+                self._client, self._pid, self._checked = self._new_client(), os.getpid(), False
+            return self._client[self.database]
+
+    def _db(self) -> Database[Any]:
+        db = self._raw_db()
+        if not self._checked:
+            if db.meta.find_one({"_id": "schema"}) is None:
+                raise StoreNotInitialized(
+                    f"database {self.database!r} at {self.host} is not an initialized indexgate store (no meta "
+                    "document; nothing was created); check INDEXGATE_STORE_URL, or run `indexgate setup`")
+            self._checked = True
+        return db
 
     @staticmethod
     def _create_indexes(db: Database[Any]) -> None:
@@ -171,10 +187,9 @@ class MongoStore:
 
     def ping(self) -> None:
         with self._call("ping"):
-            if self._mock:
-                self._col("branches").find_one({}, {"_id": 1})
-            else:
-                self._db().client.admin.command("ping")
+            if not self._mock:
+                self._raw_db().client.admin.command("ping")
+            self._col("branches").find_one({}, {"_id": 1})  # and it is initialized
 
     # --- aggregates ---------------------------------------------------------------
 

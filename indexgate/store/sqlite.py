@@ -7,7 +7,9 @@ index, the audit/outbox rows and the idempotency key commit together or not at a
 file stays locked past it, or cannot be opened, callers get ``StoreUnavailable``.
 
 The connection is opened lazily and re-opened after ``fork`` (a connection must never
-cross a fork), so creating the object does no I/O.
+cross a fork), so creating the object does no I/O. Only ``initialize`` creates the file;
+every other verb opens it read-write-if-it-exists and refuses (``StoreNotInitialized``) a
+missing file or one without indexgate's ``meta`` row.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from indexgate.errors import DuplicateEvent, StoreUnavailable, VersionConflict
-from indexgate.store.base import job_refs
-from schemas.records import AuditEntry, BranchState, DeadLetter
-from schemas.shadows import IndexState
+from urllib.parse import quote
+
+from indexgate.errors import DuplicateEvent, StoreNotInitialized, StoreUnavailable, VersionConflict
+from indexgate.store.base import SCHEMA_VERSION, job_refs
+from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter
+from indexgate.schemas.shadows import IndexState
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS branches (
     branch TEXT PRIMARY KEY, version INTEGER NOT NULL, has_locks INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS branches_with_locks ON branches(has_locks) WHERE has_locks = 1;
@@ -54,16 +59,49 @@ class SqliteStore:
 
     # --- connection ---------------------------------------------------------------
 
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def initialize(self) -> None:
+        """Create the file, its tables and the ``meta`` row; idempotent."""
+        with self._mutex:
+            self._drop()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = self._open("rwc")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(SCHEMA)
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+                conn.close()
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(f"cannot initialize the SQLite store {self.url}: {exc}") from exc
+
+    def _open(self, mode: str) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path.absolute()))}?mode={mode}"
+        conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+        return conn
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
-            conn.executescript(SCHEMA)
+            if not self.path.exists():
+                raise StoreNotInitialized(
+                    f"no indexgate store at {self.url}: the file does not exist (nothing was created); "
+                    "check INDEXGATE_STORE_URL, or run `indexgate setup` to create it")
+            conn = self._open("rw")
+            try:
+                initialized = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            except sqlite3.OperationalError:  # no meta table: not an initialized indexgate store
+                initialized = None
+            if not initialized:
+                conn.close()
+                raise StoreNotInitialized(
+                    f"{self.url} exists but is not an initialized indexgate store; check INDEXGATE_STORE_URL, "
+                    "or run `indexgate setup` to initialize it")
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
@@ -82,7 +120,7 @@ class SqliteStore:
                 self._commit(conn, write)
             except (sqlite3.Error, OSError) as exc:
                 self._drop()
-                raise StoreUnavailable(f"SQLite store {self.path} unavailable: {exc}") from exc
+                raise StoreUnavailable(f"SQLite store {self.url} unavailable: {exc}") from exc
 
     def _commit(self, conn: sqlite3.Connection, write: bool) -> None:
         """COMMIT: where a write waits for the disk (the benchmarks time this one call)."""

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from indexgate.settings import Settings
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -35,7 +35,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def start_worker(settings: Settings, tag: str, pool: str = "prefork", concurrency: int | None = None,
-                 beat: bool = False, app_module: str = "workers", env: dict[str, str] | None = None,
+                 beat: bool = False, app_module: str = "indexgate.workers", env: dict[str, str] | None = None,
                  **extra_env: str) -> subprocess.Popen:
     """One worker process; its log goes to ``<data_dir>/worker-<tag>.log``. ``extra_env``
     are more ``INDEXGATE_*`` settings, ``env`` plain variables on top."""
@@ -74,7 +74,7 @@ def answering(app, procs: list[subprocess.Popen], timeout_s: float = 1.0) -> int
 
 def wait_ready(settings: Settings, procs: list[subprocess.Popen], timeout_s: float = 60) -> None:
     """Block until every worker answers a ping over the broker."""
-    from workers.app import create_app
+    from indexgate.workers.app import create_app
 
     app = create_app(settings)
     deadline = time.monotonic() + timeout_s
@@ -86,9 +86,10 @@ def wait_ready(settings: Settings, procs: list[subprocess.Popen], timeout_s: flo
 
 @contextmanager
 def worker_processes(settings: Settings, count: int, concurrency: int | None = 2, pool: str = "prefork",
-                     **extra_env: str) -> Iterator[list[subprocess.Popen]]:
+                     app_module: str = "indexgate.workers", **extra_env: str) -> Iterator[list[subprocess.Popen]]:
     """``count`` ready workers, stopped afterwards."""
-    procs = [start_worker(settings, f"w{i}", pool=pool, concurrency=concurrency, **extra_env) for i in range(count)]
+    procs = [start_worker(settings, f"w{i}", pool=pool, concurrency=concurrency, app_module=app_module, **extra_env)
+             for i in range(count)]
     try:
         wait_ready(settings, procs)
         yield procs

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from kombu import Connection, Exchange, Queue
 
-from events import redis_stream
-from events.publisher import queue_depth
+from indexgate.events import redis_stream
+from indexgate.events.publisher import queue_depth
 from indexgate.settings import Settings
 
 

@@ -8,8 +8,8 @@ conflicting grants and strictly increasing fencing tokens. About 3 minutes in al
 
 The Redis restart row is asserted like the others. It used to lose events (kombu's Redis
 lists pop a message before recording it as unacked) and to kill the worker (a Celery/kombu
-crash on connection loss); the intake stream (``events.redis_stream``) and the patched
-transport (``events.redis_transport``) fixed both. ``python -m bench.chaos.findings
+crash on connection loss); the intake stream (``events.brokers.redis_stream``) and the patched
+transport (``events.brokers.redis_kombu``) fixed both. ``python -m bench.chaos.findings
 redis_restart_crash redis_restart_patched`` shows the crash, and its absence, with a plain
 Celery app.
 """

@@ -11,7 +11,7 @@ One real worker (prefork, 2 pool processes) consumes a job stream into SQLite. T
 side publishes each event until the broker takes it (same id on every attempt), with
 publisher confirms on RabbitMQ as a careful funnel would (``events.publisher`` itself does
 not ask for confirms: see the findings). On Redis the events travel in the intake stream
-(``events.redis_stream``) and the production settings hold, except
+(``events.brokers.redis_stream``) and the production settings hold, except
 ``intake_claim_idle_s``: 5 s here instead of 60 s, so that entries whose hand-off task
 died with Redis are handed off again within the run rather than a minute later.
 """

@@ -4,6 +4,8 @@ away mid-stream and comes back; nothing may be lost.
 - Redis: our own ``redis-server`` on a free port with ``--appendonly yes --appendfsync
   always`` in a temp dir; restarted alternately by SIGKILL and by SHUTDOWN, then started
   again on the same dir and port (the AOF brings the queues and kombu's unacked set back).
+  ``broker_restart_kombu`` is the same with the funnel publishing with plain kombu to the
+  topic exchange (the kombu door: kombu's list, moved into the stream by the workers).
 - RabbitMQ: our own node (own name, ports and data dir: the shared broker on 5672 is never
   touched), ``rabbitmqctl stop_app`` / ``start_app``; durable queues, persistent messages.
 
@@ -24,6 +26,7 @@ import time
 from kombu import Connection
 
 from bench.chaos.common import Ledger, Row
+from bench.chaos.kombu_funnel import KombuFunnel
 from bench.chaos.procs import Workers
 from bench.chaos.servers import (
     RabbitNode,
@@ -42,9 +45,18 @@ DOWN_S = 1.5  # how long the broker stays away each time
 
 
 def run(broker: str = "redis", short: bool = True, seed: int = 21) -> Row:
+    return _redis_restarts("broker_restart", short, seed, kombu=False)
+
+
+def run_kombu(broker: str = "redis", short: bool = True, seed: int = 23) -> Row:
+    """Redis restarts while the funnel publishes with plain kombu to the topic exchange."""
+    return _redis_restarts("broker_restart_kombu", short, seed, kombu=True)
+
+
+def _redis_restarts(name: str, short: bool, seed: int, kombu: bool) -> Row:
     restarts = 2 if short else 10
-    row = Row("broker_restart")
-    with scratch("broker-restart") as folder:
+    row = Row(name)
+    with scratch(name.replace("_", "-")) as folder:
         server = RedisServer(folder / "redis")
         server.start()
         try:
@@ -61,7 +73,11 @@ def run(broker: str = "redis", short: bool = True, seed: int = 21) -> Row:
                 server.start()
                 return how
 
-            _exercise(row, settings, Publisher(settings), restart, restarts, seed)
+            publisher = KombuFunnel(server.url, settings.funnel_exchange) if kombu else Publisher(settings)
+            _exercise(row, settings, publisher, restart, restarts, seed)
+            if kombu:
+                row.note(publisher.describe())
+                row.figures["kombu_modes"] = dict(publisher.modes)
         finally:
             server.stop()
         row.note(f"redis-server --appendonly yes --appendfsync always on port {server.port}; "

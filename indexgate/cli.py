@@ -270,4 +270,4 @@ main.add_command(intake)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="indexgate")

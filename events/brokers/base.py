@@ -110,7 +110,7 @@ class IntakeTransport(ABC):
         except BrokerUnavailable:
             raise
         except self.unreachable as exc:
-            raise BrokerUnavailable(f"broker {self.safe_url} unreachable while {what}: "
+            raise BrokerUnavailable(f"{self.kind} broker {self.safe_url} did not answer while {what}: "
                                     f"{type(exc).__name__}: {exc}") from exc
 
     # --- topology ------------------------------------------------------------------------

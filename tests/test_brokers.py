@@ -30,20 +30,21 @@ from indexgate.workers.app import create_app
 from tests.conftest import AMQP_URL, REDIS_URL, isolated_settings, require_reachable
 
 
-@pytest.fixture
-def redis_settings(tmp_path: Path):
-    require_reachable(REDIS_URL)
-    settings = isolated_settings(tmp_path, REDIS_URL)
+def _settings_on(url: str, tmp_path: Path):
+    require_reachable(url)
+    settings = isolated_settings(tmp_path, url)
     yield settings
     delete_run_names(settings)
+
+
+@pytest.fixture
+def redis_settings(tmp_path: Path):
+    yield from _settings_on(REDIS_URL, tmp_path)
 
 
 @pytest.fixture
 def amqp_settings(tmp_path: Path):
-    require_reachable(AMQP_URL)
-    settings = isolated_settings(tmp_path, AMQP_URL)
-    yield settings
-    delete_run_names(settings)
+    yield from _settings_on(AMQP_URL, tmp_path)
 
 
 @pytest.mark.parametrize("url, kind, mode", [

@@ -2,7 +2,7 @@
 
 Setting Celery's ``broker_transport`` to a class path works, but kombu then builds the
 connection's URL from that path: ``app.connection().as_uri()`` becomes
-``indexgate.events.redis_transport:Transport://...``, and Flower's Broker page, which picks
+``indexgate.events.brokers.redis_kombu:Transport://...``, and Flower's Broker page, which picks
 its broker client by the URL's scheme, answers "broker is not supported". kombu has both
 halves of the fix as extension points: ``kombu.transport.TRANSPORT_ALIASES`` resolves an
 alias to a transport class, and ``kombu.connection.resolve_aliases`` is how kombu shows

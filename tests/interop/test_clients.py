@@ -35,16 +35,25 @@ def pika(stack: Stack, event: dict, message) -> None:
     recipes.pika_publish(stack.pika_url, event["type"], *message, exchange=stack.exchange)
 
 
-# --- Redis: kombu to funnel.events (the kombu door) and redis-py XADD (the stream) -------
+# --- each client on each broker it fits: Redis (the kombu door, XADD), RabbitMQ (kombu, pika)
+
+
+PAIRS = [("redis", kombu), ("redis", xadd), ("rabbitmq", kombu), ("rabbitmq", pika)]
+PAIR_IDS = ["redis-kombu", "redis-xadd", "rabbitmq-kombu", "rabbitmq-pika"]
+
+
+def stack_on(request: pytest.FixtureRequest, broker: str) -> Stack:
+    return request.getfixturevalue("redis_stack" if broker == "redis" else "rabbit_stack")
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("client", [kombu, xadd], ids=["kombu", "redis-xadd"])
-def test_redis_clients_lock(redis_stack: Stack, client, mode: str) -> None:
-    job, branch = new_job(f"redis-{client.__name__}-{mode}")
+@pytest.mark.parametrize("broker, client", PAIRS, ids=PAIR_IDS)
+def test_clients_lock(request: pytest.FixtureRequest, broker: str, client, mode: str) -> None:
+    stack = stack_on(request, broker)
+    job, branch = new_job(f"{broker}-{client.__name__}-{mode}")
     event = started(job, branch)
-    client(redis_stack, event, MODES[mode](event))
-    assert_locked(redis_stack, branch, job)
+    client(stack, event, MODES[mode](event))
+    assert_locked(stack, branch, job)
 
 
 def test_kombu_on_redis_with_typed_headers_locks(redis_stack: Stack) -> None:
@@ -57,22 +66,10 @@ def test_kombu_on_redis_with_typed_headers_locks(redis_stack: Stack) -> None:
     assert_locked(redis_stack, branch, job)
 
 
-# --- RabbitMQ: kombu and pika -------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("client", [kombu, pika], ids=["kombu", "pika"])
-def test_rabbitmq_clients_lock(rabbit_stack: Stack, client, mode: str) -> None:
-    job, branch = new_job(f"rmq-{client.__name__}-{mode}")
-    event = started(job, branch)
-    client(rabbit_stack, event, MODES[mode](event))
-    assert_locked(rabbit_stack, branch, job)
-
-
 @pytest.mark.parametrize("client", [kombu, pika], ids=["kombu", "pika"])
 def test_amqp_timestamp_time_and_typed_extension_headers_lock(rabbit_stack: Stack, client) -> None:
     """``ce-time`` as an AMQP timestamp (a naive datetime: UTC, whole seconds), integer and
-    boolean extension attributes, a bytes header: what amqplib / pika send natively."""
+    boolean extension attributes, a bytes header: what AMQP clients such as pika send natively."""
     job, branch = new_job(f"rmq-typed-{client.__name__}")
     sent_at = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0) - timedelta(seconds=5)
     event = started(job, branch, time=sent_at, attempt=3, retried=True, tenant=b"acme")
@@ -91,19 +88,13 @@ def broken_json(job: str) -> tuple[bytes, str, dict]:
     return b'{"job_id": "' + job.encode() + b'", "branch": ', "application/json", headers
 
 
-@pytest.mark.parametrize("client", [kombu, xadd], ids=["kombu", "redis-xadd"])
-def test_redis_binary_data_that_is_not_json_is_dead_lettered_as_such(redis_stack: Stack, client) -> None:
-    job, _branch = new_job(f"redis-broken-{client.__name__}")
-    client(redis_stack, {"type": "com.oms.indexing.started"}, broken_json(job))
-    letter = redis_stack.wait_dead_letter(f"{job}-broken")
-    assert letter["reason"].startswith("data is not valid JSON"), letter
-
-
-@pytest.mark.parametrize("client", [kombu, pika], ids=["kombu", "pika"])
-def test_rabbitmq_binary_data_that_is_not_json_is_dead_lettered_as_such(rabbit_stack: Stack, client) -> None:
-    job, _branch = new_job(f"rmq-broken-{client.__name__}")
-    client(rabbit_stack, {"type": "com.oms.indexing.started"}, broken_json(job))
-    letter = rabbit_stack.wait_dead_letter(f"{job}-broken")
+@pytest.mark.parametrize("broker, client", PAIRS, ids=PAIR_IDS)
+def test_binary_data_that_is_not_json_is_dead_lettered_as_such(request: pytest.FixtureRequest, broker: str,
+                                                               client) -> None:
+    stack = stack_on(request, broker)
+    job, _branch = new_job(f"{broker}-broken-{client.__name__}")
+    client(stack, {"type": "com.oms.indexing.started"}, broken_json(job))
+    letter = stack.wait_dead_letter(f"{job}-broken")
     assert letter["reason"].startswith("data is not valid JSON"), letter
 
 

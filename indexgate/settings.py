@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Annotated, Literal, Mapping
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,6 +97,23 @@ class Settings(BaseSettings):
         50, description="At most this many finished jobs are remembered per branch (newest first): every "
         "check and write reads them, so the bound keeps both fast. Exact duplicates are caught by the "
         "event inbox regardless.",
+    )
+    max_early_ends: int = Field(
+        1000, ge=1, description="At most this many job ends that arrived before their job's started are "
+        "remembered (store-wide, newest first, each for at most job_retention_s), so the late started takes "
+        "no lock.",
+    )
+    max_clock_skew_s: float = Field(
+        600, ge=0, description="A funnel clock off by up to this many seconds either way keeps its locks "
+        "alive: each job's clock offset is estimated from its events and corrected (see indexgate.skew).",
+    )
+    verify_timeout_s: float = Field(
+        2.0, gt=0, description="http(s) index locations: timeout of each post-switch HEAD/GET. It runs "
+        "inside the switch's blackout; twice it must stay below the switch claim window.",
+    )
+    verifiers: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]] = Field(
+        default_factory=dict, description='Post-switch verifiers per location kind, JSON {"es": '
+        '"package.module:callable"}; they win over the indexgate.verifiers entry points and the built-ins.',
     )
     redis_visibility_timeout_s: float = Field(
         600, description="Redis broker: a crashed worker's unacked messages come back after this. Keep it "

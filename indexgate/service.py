@@ -9,6 +9,7 @@ Celery tasks, beat's sweeps and the CLI all enter here; nothing bypasses it.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime
 from typing import Callable, Sequence
 
@@ -84,9 +85,10 @@ class Service:
             event_time=origin.time,
         )
         early = early_ends.lookup(self.store, (data.job_id,), self.clock(), self.policy)
-        if early is not None:
-            return self._mutate(data.branch, lambda s, now: locks.ended_before_start(s, request, early, now,
-                                                                                     self.policy), origin)
+        if early is not None:  # saved (the job is remembered as ended), yet nothing was granted
+            ended = self._mutate(data.branch, lambda s, now: locks.ended_before_start(s, request, early, now,
+                                                                                      self.policy), origin)
+            return ended if ended.status is Status.DUPLICATE else replace(ended, status=Status.IGNORED)
         outcome = self.acquire(data.branch, request, origin)
         if outcome.status is Status.APPLIED:
             self._end_if_overtaken(data.branch, data.job_id)

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Mapping
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexgate.errors import ConfigError
@@ -148,6 +148,17 @@ class Settings(BaseSettings):
         "lost in a Redis crash) is handed off again. Keep it above the time a batch takes to apply.",
     )
 
+    @model_validator(mode="after")
+    def _verification_fits_the_switch_claim(self) -> "Settings":
+        """HEAD, then maybe GET, run inside the unrefreshed switch lock: they must end before it dies."""
+        claim_s = self.missed_heartbeats * self.switch_lock_heartbeat_interval_s
+        if 2 * self.verify_timeout_s >= claim_s:
+            raise ValueError(
+                f"INDEXGATE_VERIFY_TIMEOUT_S={self.verify_timeout_s:g} is too long: twice it must stay below the switch "
+                f"claim window (INDEXGATE_MISSED_HEARTBEATS x INDEXGATE_SWITCH_LOCK_HEARTBEAT_INTERVAL_S = {claim_s:g} "
+                "s), or the switch lock could die during verification")
+        return self
+
     @classmethod
     def from_env(cls) -> "Settings":
         """The settings of this process's environment, or ``ConfigError`` saying which
@@ -211,5 +222,8 @@ def _readable(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
         field = ".".join(str(part) for part in err["loc"])
+        if not field:  # a rule over several settings: its message names them
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
         problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err else ""))
     return "invalid setting(s): " + "; ".join(problems)

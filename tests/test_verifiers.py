@@ -8,6 +8,7 @@ real callable (``tests/verifier_plugin.py``) registered by setting and by entry 
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -263,11 +264,15 @@ def test_an_unreachable_http_location_is_rolled_back(service: Service) -> None:
     assert current_id(service) is None and service.check(BRANCH, "object_type", "write").allowed
 
 
-def test_the_verify_timeout_must_fit_the_switch_claim_window(tmp_path: Path) -> None:
+def test_the_verify_timeout_must_fit_the_switch_claim_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ok = SwitchPolicy.from_settings(Settings(data_dir=tmp_path, verify_timeout_s=2.5))
     assert ok.verifiers.timeout_s == 2.5
-    with pytest.raises(ConfigError, match="INDEXGATE_VERIFY_TIMEOUT_S"):
-        SwitchPolicy.from_settings(Settings(data_dir=tmp_path, verify_timeout_s=3))
+    monkeypatch.setenv("INDEXGATE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("INDEXGATE_VERIFY_TIMEOUT_S", "3")  # 2 x 3 s >= 3 x 2 s
+    with pytest.raises(ConfigError, match=r"^invalid setting\(s\): INDEXGATE_VERIFY_TIMEOUT_S=3 is too long"):
+        Settings.from_env()
+    monkeypatch.setenv("INDEXGATE_SWITCH_LOCK_HEARTBEAT_INTERVAL_S", "3")
+    assert Settings.from_env().verify_timeout_s == 3
 
 
 # --- a deployment's own verifier ---------------------------------------------------------
@@ -347,3 +352,23 @@ def test_the_setting_wins_over_an_entry_point(tmp_path: Path, outbox: Outbox, pl
     assert "raised ConnectionError" in service.shadows.switch(ref, checks=COUNT_ONLY).detail
     assert verifier_plugin.CALLS == []
 
+
+
+def test_the_cli_shows_the_verification(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from indexgate.cli import main
+    from indexgate.store import initialize_store
+
+    monkeypatch.setenv("INDEXGATE_DATA_DIR", str(tmp_path))
+    settings = Settings(data_dir=tmp_path)
+    initialize_store(settings)
+    ref = built_at(Service.from_settings(settings), "job-1", "es://cluster/products-v2")
+    runner = CliRunner()
+    switched = runner.invoke(main, ["shadows", "switch", ref, "--check", "RECORD_COUNT_VALIDATION"])
+    assert switched.exit_code == 0 and "not verified: no verifier for es" in switched.output
+    pointer = json.loads(runner.invoke(main, ["index", "current", BRANCH, INDEX, "--json"]).output)
+    assert pointer["verification"] == {"kind": "es", "outcome": "no_verifier", "reason": "no verifier for es",
+                                       "verified": False}
+    status = json.loads(runner.invoke(main, ["shadows", "status", ref, "--json"]).output)
+    assert status["verified"] is False and status["verification"]["reason"] == "no verifier for es"

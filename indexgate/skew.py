@@ -42,6 +42,8 @@ from datetime import datetime, timedelta
 
 from indexgate.schemas.records import ClockSkew
 
+MAX_LOOKBACK_S = 10 * 365 * 86_400.0  # an event older than this says nothing more than "long ago"
+
 
 def observe(clock: ClockSkew, event_time: datetime | None, received: datetime, max_skew_s: float) -> ClockSkew:
     """The estimate after one more event (unchanged for an event without ``time``)."""
@@ -66,7 +68,9 @@ def alive_at(clock: ClockSkew, event_time: datetime | None, received: datetime, 
     """When the event says its holder was alive, on our clock; ``clock`` already includes it."""
     if event_time is None:
         return received
-    return min(event_time - timedelta(seconds=correction_s(clock, max_skew_s)), received)
+    # in seconds from receipt, so a ``time`` at the calendar's edge (year 1 or 9999) cannot overflow
+    delta_s = (event_time - received).total_seconds() - correction_s(clock, max_skew_s)
+    return received + timedelta(seconds=max(min(delta_s, 0.0), -MAX_LOOKBACK_S))
 
 
 def beyond_bound(clock: ClockSkew, max_skew_s: float) -> bool:

@@ -86,6 +86,15 @@ def test_an_event_never_counts_later_than_its_receipt_or_without_time_at_receipt
     assert skew.alive_at(clock, None, T0 + timedelta(seconds=7), BOUND_S) == T0 + timedelta(seconds=7)
 
 
+@pytest.mark.parametrize("edge", [datetime.max, datetime.min], ids=["year-9999", "year-1"])
+def test_a_time_at_the_edge_of_the_calendar_counts_without_overflow(edge: datetime) -> None:
+    time = edge.replace(tzinfo=T0.tzinfo)
+    slow = skew.observe(ClockSkew(), T0 - timedelta(seconds=300), T0, BOUND_S)  # the estimate adds 300 s
+    clock = skew.observe(slow, time, T0, BOUND_S)
+    counted = skew.alive_at(clock, time, T0, BOUND_S)
+    assert counted == T0 if edge is datetime.max else counted < T0 - timedelta(days=3000)
+
+
 def test_a_far_future_time_is_not_believed() -> None:
     prompt = skew.observe(ClockSkew(), T0, T0, BOUND_S)
     bogus = skew.observe(prompt, T0 + timedelta(days=365), T0 + timedelta(seconds=1), BOUND_S)

@@ -248,3 +248,16 @@ def test_a_bare_lpush_on_the_kombu_list_is_kept_with_its_fault(redis_settings: S
         transport.close()
 
 
+
+
+def test_embedded_status_reports_the_queue_and_says_consumers_are_unknown(tmp_path: Path) -> None:
+    settings = isolated_settings(tmp_path, None)
+    transport = transport_for(settings)
+    try:
+        transport.declare()
+        transport.publish_raw("t", redis_stream.RabbitMQMessage({}, "text/plain", b"y"))
+        status = transport.status()
+        assert status["queue"] == {"name": settings.intake_queue, "declared": True, "waiting": 1, "consumers": None}
+        assert status["alerts"] == []  # the filesystem transport cannot tell who reads
+    finally:
+        transport.close()

@@ -13,8 +13,9 @@ runs (``IntakeMode``) and what it reads:
 - ``IntakeMode.PUMP`` (Redis): ``StreamStep`` starts ``StreamPump``, a thread reading the
   intake stream with a consumer group (see ``events.brokers.redis_stream`` for why not a
   kombu list). Every cycle it also moves what kombu publishers put on the intake's list
-  into the stream (one atomic script; at most every ``MOVE_EVERY_S`` unless the last move
-  was full). It hands off what it read as one task (up to ``intake_batch_max`` entries)
+  into the stream (one atomic script; every ``MOVE_EVERY_S``, every ``MOVE_BUSY_EVERY_S``
+  while kombu publishes keep coming, at once while moves come back full; a read blocks
+  only until the next move is due). It hands off what it read as one task (up to ``intake_batch_max`` entries)
   and does *not* ack them: the task acks each entry after its effect is committed. While
   hand-off tasks wait in the task queue (the pool is behind) it reads nothing, so entries
   gather in the stream and go out in bigger batches: one event costs the worker less the
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 INTAKE_TASK = "indexgate.intake"
 FORGET_CONSUMER_IDLE_S = 3600  # a stream consumer this quiet, holding nothing, belonged to a gone worker
 MOVE_EVERY_S = 0.1  # Redis: how often the pump looks for kombu publishes (its reads block no longer)
+MOVE_BUSY_EVERY_S = 0.02  # ... while kombu publishes keep coming (within KOMBU_BUSY_S of the last)
+KOMBU_BUSY_S = 10.0
 
 
 class IntakeStep(bootsteps.ConsumerStep):
@@ -151,6 +154,7 @@ class StreamPump(threading.Thread):
         self._next_claim = 0.0
         self._next_probe = 0.0
         self._next_move = 0.0
+        self._kombu_seen = float("-inf")
         self._cursor = "0-0"
 
     def stop(self, timeout_s: float = 5) -> None:
@@ -192,7 +196,7 @@ class StreamPump(threading.Thread):
             return
         if time.monotonic() >= self._next_claim:
             self._claim(group, count)
-        entries = group.read_new(count, self.BLOCK_MS)
+        entries = group.read_new(count, self._block_ms())
         if entries and len(entries) < count and self.settings.intake_linger_s > 0:
             # a moment for the next few to arrive: one task for several events costs the
             # worker far less than one task each, for a delay well under a broker hop
@@ -208,7 +212,14 @@ class StreamPump(threading.Thread):
         if now < self._next_move:
             return
         moved = group.move_kombu(self.settings.intake_batch_max)
-        self._next_move = now if moved >= self.settings.intake_batch_max else now + MOVE_EVERY_S
+        if moved:
+            self._kombu_seen = now
+        every_s = MOVE_BUSY_EVERY_S if now - self._kombu_seen < KOMBU_BUSY_S else MOVE_EVERY_S
+        self._next_move = now if moved >= self.settings.intake_batch_max else now + every_s
+
+    def _block_ms(self) -> int:
+        """How long a read may wait for new entries: until the next move is due."""
+        return max(1, min(self.BLOCK_MS, int((self._next_move - time.monotonic()) * 1000)))
 
     def _room(self, group: StreamGroup) -> int:
         """How many entries to read now (0: none, after a short wait)."""

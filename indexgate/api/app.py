@@ -72,8 +72,14 @@ def create_api(settings: Settings | None = None, service: Service | None = None)
         app.include_router(router)
     _add_changes_and_schema(app)
     _add_error_handlers(app)
-    app.add_middleware(check.CheckFastPath, ctx=ctx)
     return app
+
+
+def served_app(app: FastAPI) -> check.CheckFastPath:
+    """What ``indexgate serve`` runs: ``app`` behind the lean check path (outermost, so a
+    check skips every FastAPI and Starlette layer; everything else, lifespan included, goes
+    on to ``app``)."""
+    return check.CheckFastPath(app, app.state.indexgate)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable) -> Callable:

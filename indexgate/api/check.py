@@ -1,13 +1,15 @@
 """``GET /v1/check``: the OMS asks before every edit, so this path is kept lean.
 
 The route is an ordinary FastAPI route (its parameters and answers are the OpenAPI
-contract), and ``CheckFastPath`` answers the same requests in front of FastAPI's routing:
+contract), and ``CheckFastPath`` - the outermost ASGI layer ``indexgate serve`` runs - answers
+the same requests in front of FastAPI:
 a well-formed, authorized ``GET /v1/check`` is parsed from the raw query string with the
 route's own limits and answered by the same ``answer`` function, byte for byte; anything
 else - a missing or bad parameter, a missing token - goes on to FastAPI, which answers 422
-or 401 the documented way. That saves FastAPI's per-request routing, dependency and
-validation work on the hot path (bench/RESULTS.md, HTTP suite); it caches nothing: every
-answer is a fresh store read, through the same deadline as any other store call.
+or 401 the documented way. That saves FastAPI's per-request middleware, routing,
+dependency and validation work on the hot path (bench/RESULTS.md, HTTP suite); it caches
+nothing: every answer is a fresh store read, through the same deadline as any other store
+call. (Code that wants to see every check - metrics - hooks ``answer``, which both use.)
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def parse_check_query(query_string: bytes) -> tuple[str, str | None, str] | None
 
 
 class CheckFastPath:
-    """ASGI middleware answering well-formed, authorized ``GET /v1/check`` requests directly."""
+    """ASGI wrapper answering well-formed, authorized ``GET /v1/check`` requests directly."""
 
     def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
         self.app = app

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlencode
 
-from bench.common import Figure, Report, bench_settings, percentiles, wait_until
+from bench.common import Figure, Report, broker_pid, bench_settings, percentiles, timed, wait_until
 from indexgate.client import Gate
 from indexgate.events.publisher import Publisher
 from indexgate.locks import AcquireRequest
@@ -41,13 +41,6 @@ STALENESS_MS = 1000.0
 INVALIDATIONS = 50
 
 
-def _timed(fn, n: int) -> list[float]:
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    return samples
 
 
 class _RawClient:
@@ -77,7 +70,7 @@ def _parallel(url: str, path: str, connections: int, per_connection: int) -> tup
 
     def ask(i: int) -> None:
         start.wait()
-        latencies[i] = _timed(clients[i], per_connection)
+        latencies[i] = timed(clients[i], per_connection)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(connections)]
     for thread in threads:
@@ -91,15 +84,13 @@ def _parallel(url: str, path: str, connections: int, per_connection: int) -> tup
 
 
 def _server_cpu_s(port: int) -> float:
-    try:
-        import psutil
-    except ImportError:
+    pid = broker_pid(port)  # whoever listens on the port: here the API server
+    if pid is None:
         return float("nan")
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-            t = psutil.Process(conn.pid).cpu_times()
-            return t.user + t.system
-    return float("nan")
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def _invalidation_ms(service: Service, gate: Gate, branch: str, n: int) -> tuple[list[float], list[float]]:
@@ -143,14 +134,14 @@ def run(report: Report, folder: Path, broker: str, samples: int = 5000) -> dict:
         cached_check = lambda: cached.check(branch, "property_type")  # noqa: E731
         uncached_check = lambda: gate.check(branch, "property_type")  # noqa: E731
         for fn in (in_process, raw, uncached_check, cached_check):
-            _timed(fn, 300)  # warm connections and caches
+            timed(fn, 300)  # warm connections and caches
         got: dict[str, list[float]] = {"in": [], "raw": [], "gate": [], "cached": []}
         hits_before, asked_before = cached.stats.cache_hits, cached.stats.server_checks
         for _ in range(SLICES):
-            got["in"] += _timed(in_process, samples // SLICES)
-            got["raw"] += _timed(raw, samples // SLICES)
-            got["gate"] += _timed(uncached_check, samples // SLICES)
-            got["cached"] += _timed(cached_check, samples // SLICES)
+            got["in"] += timed(in_process, samples // SLICES)
+            got["raw"] += timed(raw, samples // SLICES)
+            got["gate"] += timed(uncached_check, samples // SLICES)
+            got["cached"] += timed(cached_check, samples // SLICES)
         hits = cached.stats.cache_hits - hits_before
         hit_ratio = hits / max(1, hits + cached.stats.server_checks - asked_before)
 

@@ -29,12 +29,11 @@ from indexgate.errors import GateBadRequest, GateError, GateMalformedAnswer, Gat
 from indexgate.locks import AcquireRequest
 from indexgate.outcomes import Origin
 from indexgate.schemas.records import LockKind, ReleaseReason
-from indexgate.service import Service
 from indexgate.testing.api import api_process
 from indexgate.testing.broker_names import delete_run_names
 from indexgate.testing.processes import PROJECT_ROOT
 from tests.conftest import REDIS_URL, isolated_settings, require_reachable, worker_processes
-from tests.test_api import send, start
+from tests.test_api import seeded, send, start  # noqa: F401 (seeded: a fixture)
 
 # (not click: httpx imports its own optional CLI when click happens to be installed, as it is
 # here beside the server; the bare install has no click - tests/test_packaging.py)
@@ -49,16 +48,6 @@ def test_importing_the_client_loads_no_worker_dependency() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
-
-
-@pytest.fixture
-def seeded(tmp_path: Path):
-    require_reachable(REDIS_URL)
-    settings = isolated_settings(tmp_path, REDIS_URL)
-    service = Service.from_settings(settings)
-    yield settings, service
-    service.store.close()
-    delete_run_names(settings)
 
 
 def test_gate_answers_allowed_and_denied_with_the_decision(seeded) -> None:

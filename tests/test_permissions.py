@@ -7,7 +7,7 @@ import pytest
 from indexgate import locks, permissions
 from indexgate.locks import AcquireRequest, HeartbeatUpdate
 from indexgate.schemas.records import BranchState, LockKind
-from tests.service_kit import POLICY, T0
+from tests.service_kit import POLICY
 from tests.test_locks import BRANCH, at, grant, held, req
 
 

@@ -25,14 +25,16 @@ import redis
 from bench.chaos.servers import RedisServer
 from indexgate.client import Gate
 from indexgate.clock import poll
+from indexgate.events.publisher import Publisher
 from indexgate.errors import GateBadRequest, GateError, GateMalformedAnswer, GateUnauthorized, GateUnavailable
 from indexgate.locks import AcquireRequest
 from indexgate.outcomes import Origin
 from indexgate.schemas.records import LockKind, ReleaseReason
+from indexgate.service import Service
 from indexgate.testing.api import api_process
 from indexgate.testing.broker_names import delete_run_names
 from indexgate.testing.processes import PROJECT_ROOT
-from tests.conftest import REDIS_URL, isolated_settings, require_reachable, worker_processes
+from tests.conftest import BROKERS, REDIS_URL, isolated_settings, require_reachable, worker_processes
 from tests.test_api import seeded, send, start  # noqa: F401 (seeded: a fixture)
 
 # (not click: httpx imports its own optional CLI when click happens to be installed, as it is
@@ -238,3 +240,28 @@ def test_a_lost_subscription_turns_the_cache_off_until_it_is_back(tmp_path: Path
     finally:
         if broker.proc and broker.proc.poll() is None:
             broker.proc.kill()
+
+
+@pytest.mark.parametrize("broker", list(BROKERS))
+def test_the_change_feed_works_on_every_broker(tmp_path: Path, broker: str) -> None:
+    """The server's subscription on RabbitMQ, Redis and the embedded broker: a commit
+    announced there (as a worker announces it) drops the cached answer."""
+    url_of_broker = BROKERS[broker]
+    if url_of_broker:
+        require_reachable(url_of_broker)
+    settings = isolated_settings(tmp_path, url_of_broker)
+    publisher = Publisher(settings)
+    service = Service.from_settings(settings, notify=publisher.publish_entries)
+    try:
+        with api_process(settings) as url, Gate(url, timeout_s=5, max_staleness_ms=60_000) as gate:
+            assert poll(lambda: gate.cache_active, 20), f"no change stream on {broker}"
+            assert gate.check("b", "object_type").allowed and gate.check("b", "object_type").allowed
+            assert gate.stats.cache_hits == 1
+            service.acquire("b", AcquireRequest(job_id="j", holder="h", resource_types=("object_type",), reason="r"),
+                            Origin(actor="test"))
+            assert poll(lambda: not gate.check("b", "object_type").allowed, 20, every_s=0.005)
+            assert gate.stats.invalidations >= 1
+    finally:
+        publisher.close()
+        service.store.close()
+        delete_run_names(settings)

@@ -132,8 +132,9 @@ class Settings(BaseSettings):
         "lost in a Redis crash) is handed off again. Keep it above the time a batch takes to apply.",
     )
     api_token: SecretStr | None = Field(
-        None, description="HTTP API: when set, every endpoint but /healthz and /readyz requires it as a "
-        "bearer token (401 otherwise).",
+        None, min_length=1, description="HTTP API: when set, every endpoint but /healthz and /readyz requires it "
+        "as a bearer token (401 otherwise). Set but empty refuses to start (an unset shell variable must not "
+        "turn auth off).",
     )
     api_store_timeout_s: float = Field(
         1.0, gt=0, description="HTTP API: a store call that takes longer is answered 503 (unknown), never "

@@ -229,3 +229,9 @@ def test_the_api_factory_refuses_a_bad_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("INDEXGATE_API_TOKN", "x")
     with pytest.raises(ConfigError, match="did you mean INDEXGATE_API_TOKEN"):
         create_api()
+
+
+def test_serve_refuses_an_empty_token(tmp_path: Path) -> None:
+    """``INDEXGATE_API_TOKEN=`` (an unset variable in a compose file) must not mean "no auth"."""
+    result = run(["-m", "indexgate.cli", "serve", "--port", str(free_port())], base_env(tmp_path, INDEXGATE_API_TOKEN=""))
+    assert result.returncode == 6 and "INDEXGATE_API_TOKEN" in result.stderr, result.stderr

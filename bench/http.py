@@ -8,6 +8,7 @@ HTTP, beside the in-process ``service.check`` on the same store in the same run.
   checks/s - the throughput goal (>= 3,000/s) -, with the latency under that load and the
   server's CPU per check (psutil) as the measured limit;
 - ``indexgate.client.Gate.check`` (httpx), uncached: what the OMS pays per check;
+- the CLI, ``indexgate check`` (a process per call), for scale;
 - the same Gate with its L1 cache (``max_staleness_ms``): the answer from memory while the
   change stream is up (hit ratio counted), and how long a commit takes to reach the cache as
   an invalidation (a lock acquired or released by a service that announces on the broker,
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import http.client
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -34,12 +37,14 @@ from indexgate.locks import AcquireRequest
 from indexgate.schemas.records import ReleaseReason
 from indexgate.service import Origin, Service
 from indexgate.testing.api import api_process
+from indexgate.testing.processes import settings_env
 
 LOCKED_TYPES = ("object_type", "link_type", "action_type", "interface")
 CONNECTIONS = 4
 SLICES = 10
 STALENESS_MS = 1000.0
 INVALIDATIONS = 50
+CLI_CALLS = 10
 
 
 
@@ -153,11 +158,16 @@ def run(report: Report, folder: Path, broker: str, samples: int = 5000) -> dict:
         cpu = meter.shares()
         server_cpu_ms = cpu["server_s"] * 1000 / (samples // CONNECTIONS * 2 * CONNECTIONS)
         invalidation = _invalidation_ms(service, cached, branch, INVALIDATIONS)
+        cli = timed(lambda: _cli_check(settings, branch), CLI_CALLS)
         gate.close()
         cached.close()
     publisher.close()
     service.store.close()
     _report(report, got, rate, loaded, server_cpu_ms, cpu, sequential, invalidation, hit_ratio, samples)
+    cli_p = percentiles(cli)
+    report.add(Figure(f"CLI `indexgate check`, a process per call, p50 ({CLI_CALLS} calls)", cli_p["p50"], "ms",
+                      "Gate.check p50, no cache", percentiles(got["gate"])["p50"], "informational", True,
+                      f"max {cli_p['max']:.0f} ms: Python start, imports, settings, one store read"))
     return {"checks_per_s": rate}
 
 
@@ -185,6 +195,13 @@ class _CpuShare:
 def _own_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
+
+
+def _cli_check(settings, branch: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "indexgate.cli", "check", branch, "property_type"],
+                          env=settings_env(settings), capture_output=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"indexgate check exited {done.returncode}: {done.stderr[-300:]!r}")
 
 
 def _machine_busy_s() -> float:

@@ -37,11 +37,12 @@ class LockStatus(Lock):
     death_reason: ReleaseReason | None
     heartbeat_deadline: datetime
     seconds_since_heartbeat: float
+    clock_skew_s: float  # the holder's estimated clock skew, corrected (indexgate.skew)
+    clock_skew_beyond_bound: bool
 
     @classmethod
     def of(cls, v: LockView) -> "LockStatus":
-        return cls(**dict(v.lock), health=v.health, in_force=v.in_force, death_reason=v.death_reason,
-                   heartbeat_deadline=v.heartbeat_deadline, seconds_since_heartbeat=v.seconds_since_heartbeat)
+        return cls(**dict(v.lock), **v.model_dump(exclude={"lock"}))
 
 
 class Decision(BaseModel):

@@ -23,6 +23,8 @@ class Policy:
     missed_heartbeats: int = 3
     job_retention_s: float = 7 * 86_400
     max_finished_jobs: int = 50
+    max_early_ends: int = 1000  # ends that arrived before their job's started, kept store-wide
+    max_clock_skew_s: float = 600  # a funnel clock off by up to this either way is corrected (indexgate.skew)
 
 
 @dataclass

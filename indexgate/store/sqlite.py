@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -25,7 +26,7 @@ from urllib.parse import quote
 
 from indexgate.errors import DuplicateEvent, StoreNotInitialized, StoreUnavailable, VersionConflict
 from indexgate.store.base import SCHEMA_VERSION, job_refs
-from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter
+from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter, EarlyEnd
 from indexgate.schemas.shadows import IndexState
 
 SCHEMA = """
@@ -42,6 +43,8 @@ CREATE INDEX IF NOT EXISTS audit_unpublished ON audit(published, seq) WHERE publ
 CREATE INDEX IF NOT EXISTS audit_branch ON audit(branch, seq);
 CREATE TABLE IF NOT EXISTS indexes (key TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS index_refs (ref TEXT PRIMARY KEY, key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS early_ends (job_id TEXT PRIMARY KEY, at REAL NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS early_ends_at ON early_ends(at);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, letter_id TEXT UNIQUE NOT NULL, at TEXT NOT NULL,
     doc TEXT NOT NULL);
@@ -225,6 +228,22 @@ class SqliteStore:
         with self._tx(write=False) as conn:
             row = conn.execute("SELECT branch FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return row[0] if row else None
+
+    def remember_end(self, end: EarlyEnd, audit: Sequence[AuditEntry], inbox_key: str | None, keep: int,
+                     since: datetime) -> None:
+        with self._tx(write=True) as conn:
+            conn.execute("INSERT OR IGNORE INTO early_ends (job_id, at, doc) VALUES (?, ?, ?)",
+                         (end.job_id, end.at.timestamp(), end.model_dump_json()))
+            conn.execute("DELETE FROM early_ends WHERE at < ?", (since.timestamp(),))
+            conn.execute("DELETE FROM early_ends WHERE job_id IN "
+                         "(SELECT job_id FROM early_ends ORDER BY at DESC LIMIT -1 OFFSET ?)", (keep,))
+            self._append(conn, audit, inbox_key)
+
+    def early_end(self, job_id: str, since: datetime) -> EarlyEnd | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT doc FROM early_ends WHERE job_id = ? AND at >= ?",
+                               (job_id, since.timestamp())).fetchone()
+        return EarlyEnd.model_validate_json(row[0]) if row else None
 
     def branches_with_locks(self) -> list[BranchState]:
         with self._tx(write=False) as conn:

@@ -182,11 +182,11 @@ def _stack(broker: str, url: str, folder: Path) -> Iterator[Stack]:
         stack.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield from _stack("redis", REDIS_URL, tmp_path_factory.mktemp("interop-redis"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def rabbit_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield from _stack("rabbitmq", AMQP_URL, tmp_path_factory.mktemp("interop-rabbitmq"))

@@ -10,12 +10,16 @@ for clients to hang up.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import uvicorn
 
+from indexgate import logs
 from indexgate.api.app import create_api, served_app
 from indexgate.api.changes import Hub
-from indexgate.settings import Settings
+from indexgate.settings import Settings, sanitized_url
+
+log = logging.getLogger("indexgate.api")
 
 GRACEFUL_SHUTDOWN_S = 5
 
@@ -34,7 +38,13 @@ class _Server(uvicorn.Server):
 
 
 def run(settings: Settings, host: str = "127.0.0.1", port: int = 8700, log_level: str = "warning") -> None:
+    json_logs = settings.log_format == "json"
+    if json_logs:  # one JSON object per line; uvicorn's loggers (levels: log_level) propagate to it
+        logs.configure_root(True, logging.INFO)
+        log.info("indexgate API on http://%s:%s (store %s, token %s)", host, port,
+                 sanitized_url(settings.resolved_store_url), "required" if settings.api_token else "not required")
     app = create_api(settings)
     config = uvicorn.Config(served_app(app), host=host, port=port, log_level=log_level, access_log=False,
-                            server_header=False, proxy_headers=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                            server_header=False, proxy_headers=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                            **({"log_config": None} if json_logs else {}))
     _Server(config, app.state.indexgate.hub).run()

@@ -34,7 +34,7 @@ table{border-collapse:collapse;width:100%} th,td{border:1px solid #ccc;padding:.
 th{background:#f3f3f3} .muted{color:#777} .down{color:#b00020;font-weight:bold}
 .health{display:inline-block;padding:.1em .6em;border-radius:.8em;color:#fff;font-weight:bold}
 .health-healthy{background:#2e7d32} .health-warning{background:#f9a825;color:#222} .health-critical{background:#c62828}
-.dead{opacity:.6}
+.dead td{color:#888}
 """
 
 

@@ -10,8 +10,10 @@ event, so code deep in the service logs them without passing them along.
 Wiring: Celery (worker and beat) configures its own handlers, so ``install_celery`` hooks
 its ``after_setup_logger`` / ``after_setup_task_logger`` signals and swaps the formatter of
 the handlers it made; ``indexgate serve`` calls ``configure_root`` and lets uvicorn's
-loggers propagate to it. The start banners Celery prints to stdout are not log lines
-(``celery --quiet`` leaves them out).
+loggers propagate to it; in JSON mode Python warnings are logged too. Logs go to stderr.
+Celery prints a few lines of its own to stdout that are not log lines: the start banners
+(JSON mode leaves the worker's out; ``celery --quiet`` leaves out beat's too) and
+``worker: Warm shutdown (MainProcess)`` on SIGTERM.
 """
 
 from __future__ import annotations
@@ -90,6 +92,13 @@ def install_celery(json_format: bool) -> None:
     def setup(logger=None, **_) -> None:
         if logger is not None:
             apply(logger.handlers, json_format)
+
+    if json_format:
+        # Lines logged (and Python warnings, e.g. Celery's about running as root) before
+        # Celery sets up logging are JSON too; Celery keeps a root handler it finds.
+        logging.captureWarnings(True)
+        if not logging.getLogger().handlers:
+            configure_root(True, logging.WARNING)
 
     def no_banner(instance=None, **_) -> None:
         if json_format:

@@ -49,7 +49,7 @@ class Delivery(BaseModel):
 
 
 class HandOff(BaseModel):
-    """The payload of one ``indexgate.intake`` task."""
+    """The payload of one intake task (``indexgate.<kind>``, see ``workers.tasks``)."""
 
     items: list[Delivery]
     consumer: str | None = None  # Redis: the stream consumer that handed these off

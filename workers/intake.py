@@ -1,7 +1,8 @@
-"""The intake: how the funnel's CloudEvents get from the broker into ``indexgate.intake`` tasks.
+"""The intake: how the funnel's CloudEvents get from the broker into the pool's tasks.
 
 Celery only runs its own task messages, so foreign messages come in beside it and are
-handed to the pool as one ``indexgate.intake`` task each (durable, persistent); decoding,
+handed to the pool as tasks (durable, persistent), one per event kind in a batch
+(``hand_off``: ``indexgate.indexing.heartbeat``, ... with readable ``argsrepr``); decoding,
 validation, dead-lettering and the store all happen in the pool, under the tasks' retry
 policy. The broker's intake transport (``events.brokers``) says which of two bootsteps
 runs (``IntakeMode``) and what it reads:

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage
 
 from indexgate import locations
@@ -19,8 +20,20 @@ from indexgate.events.decode import event_key
 from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.service import Service
 from indexgate.settings import Settings
+from indexgate.testing.broker_names import delete_run_names
 
 SOURCE = "ops-test-funnel"
+
+
+@pytest.fixture
+def redis_settings(tmp_path: Path):
+    """Isolated settings on the real Redis with an initialized SQLite store (import it as a fixture)."""
+    from tests.conftest import REDIS_URL, isolated_settings, require_reachable
+
+    require_reachable(REDIS_URL)
+    settings = isolated_settings(tmp_path, REDIS_URL)
+    yield settings
+    delete_run_names(settings)
 
 
 def wait_for(predicate, timeout_s: float = 30, what: str = "condition") -> None:

@@ -22,10 +22,9 @@ from indexgate.events.brokers import transport_for
 from indexgate.service import Service
 from indexgate.settings import Settings
 from indexgate.testing.api import free_port, wait_answering
-from indexgate.testing.broker_names import delete_run_names
 from indexgate.testing.processes import PROJECT_ROOT, settings_env, wait_ready
 from tests import ops_kit
-from tests.conftest import REDIS_URL, isolated_settings, require_reachable
+from tests.ops_kit import redis_settings  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -65,14 +64,6 @@ def json_lines(out: Path) -> list[dict]:
         assert isinstance(record, dict) and {"timestamp", "level", "logger", "message"} <= record.keys(), line
         parsed.append(record)
     return parsed
-
-
-@pytest.fixture
-def redis_settings(tmp_path: Path):
-    require_reachable(REDIS_URL)
-    settings = isolated_settings(tmp_path, REDIS_URL)
-    yield settings
-    delete_run_names(settings)
 
 
 def test_worker_logs_json_lines_with_the_events_fields(redis_settings: Settings, tmp_path: Path) -> None:

@@ -19,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from indexgate.service import Service
 from indexgate.settings import Settings
 from indexgate.testing.api import api_process
-from indexgate.testing.broker_names import delete_run_names
 from indexgate.testing.processes import start_worker, stop, wait_ready
 from indexgate.workers.app import create_app
 from tests import ops_kit
-from tests.conftest import REDIS_URL, isolated_settings, require_reachable
+from tests.ops_kit import redis_settings  # noqa: F401 (a fixture)
+from tests.conftest import REDIS_URL, isolated_settings
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +39,6 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 def value(found: dict, name: str, **labels: str) -> float | None:
     return found.get((name, frozenset(labels.items())))
-
-
-@pytest.fixture
-def redis_settings(tmp_path: Path):
-    require_reachable(REDIS_URL)
-    settings = isolated_settings(tmp_path, REDIS_URL)
-    yield settings
-    delete_run_names(settings)
 
 
 def test_metrics_after_grant_heartbeat_death_switch_dead_letter(redis_settings: Settings, tmp_path: Path) -> None:

@@ -2,12 +2,14 @@
 
 Through Flower's own HTTP API (``/api/tasks``, its search) and pages: a task per event kind
 whose args name the branch and the job, a dead letter that is not SUCCESS, the Broker page
-answering 200 on Redis (and on RabbitMQ, where queue depths need the management plugin),
+answering 200 on Redis and on RabbitMQ (queue depths there through the management plugin's
+API, on a RabbitMQ node of our own that runs it),
 ``/api/*`` refused without credentials.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -16,11 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.chaos.servers import RabbitNode
 from indexgate.service import Service
 from indexgate.settings import Settings
 from indexgate.testing.api import free_port
 from indexgate.testing.broker_names import delete_run_names
 from indexgate.testing.processes import PROJECT_ROOT, settings_env, start_worker, stop, wait_ready
+from indexgate.workers.app import create_app
 from tests import ops_kit
 from tests.conftest import AMQP_URL, REDIS_URL, isolated_settings, require_reachable
 
@@ -28,9 +32,9 @@ pytestmark = pytest.mark.slow
 AUTH = ("ops", "flower-test-pw")
 
 
-def start_flower(settings: Settings, port: int) -> subprocess.Popen:
+def start_flower(settings: Settings, port: int, *extra: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "celery", "-A", "indexgate.workers", "flower", f"--port={port}",
-            "--address=127.0.0.1", f"--basic_auth={AUTH[0]}:{AUTH[1]}"]
+            "--address=127.0.0.1", f"--basic_auth={AUTH[0]}:{AUTH[1]}", *extra]
     with open(settings.data_dir / "flower.log", "w") as log:
         proc = subprocess.Popen(argv, env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
                                 cwd=PROJECT_ROOT)
@@ -45,6 +49,15 @@ def start_flower(settings: Settings, port: int) -> subprocess.Popen:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"flower did not come up:\n{(settings.data_dir / 'flower.log').read_text()[-2000:]}")
         time.sleep(0.2)
+
+
+def broker_cells(port: int, queue: str) -> list[str]:
+    """The text of the cells of ``queue``'s row on Flower's Broker page (name, messages, ...)."""
+    page = httpx.get(f"http://127.0.0.1:{port}/broker", auth=AUTH, timeout=30)
+    assert page.status_code == 200, page.text[:500]
+    row = re.search(rf'<tr id="{re.escape(queue)}">(.*?)</tr>', page.text, re.S)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S) if row else []
+    return [re.sub(r"<[^>]+>", "", cell).strip() for cell in cells]
 
 
 def tasks(url: str, **params) -> dict:
@@ -107,17 +120,37 @@ def test_flower_lists_a_task_per_event_kind_with_branch_and_job(tmp_path: Path) 
         delete_run_names(settings)
 
 
-def test_flower_broker_page_answers_on_rabbitmq(tmp_path: Path) -> None:
-    """200 and the broker named; the queue table needs RabbitMQ's management plugin
-    (``--broker_api``), which this machine's RabbitMQ does not run: Flower logs that and
-    shows the page without depths."""
-    require_reachable(AMQP_URL)
-    settings = isolated_settings(tmp_path, AMQP_URL)
-    port = free_port()
-    flower = start_flower(settings, port)
+def test_flower_broker_page_on_rabbitmq_needs_the_management_api_for_depths(tmp_path: Path) -> None:
+    """On RabbitMQ Flower reads queue depths from the management plugin's HTTP API
+    (``--broker_api``). A RabbitMQ node of our own with the plugin: the page lists the task
+    queue with its message count. The shared broker (no plugin here): still 200, no depths."""
+    node = RabbitNode(tmp_path / "rabbit", management=True)
+    node.start()
     try:
-        page = httpx.get(f"http://127.0.0.1:{port}/broker", auth=AUTH, timeout=30)
+        settings = isolated_settings(tmp_path / "private", node.url)
+        app = create_app(settings)
+        for _ in range(3):  # three tasks wait in the task queue (no worker runs)
+            app.send_task("indexgate.sweep_ttl")
+        app.close()
+        port = free_port()
+        flower = start_flower(settings, port, f"--broker_api=http://guest:guest@127.0.0.1:{node.management_port}/api/")
+        try:  # the plugin samples queue statistics every few seconds
+            ops_kit.wait_for(lambda: broker_cells(port, settings.task_queue)[1:2] == ["3"], 60,
+                             "the task queue's depth on Flower's Broker page")
+            page = httpx.get(f"http://127.0.0.1:{port}/broker", auth=AUTH, timeout=30)
+        finally:
+            stop(flower)
+    finally:
+        node.stop()
+    assert page.status_code == 200 and settings.task_queue in page.text
+
+    require_reachable(AMQP_URL)
+    shared = isolated_settings(tmp_path / "shared", AMQP_URL)
+    port = free_port()
+    flower = start_flower(shared, port)
+    try:
+        plain = httpx.get(f"http://127.0.0.1:{port}/broker", auth=AUTH, timeout=30)
     finally:
         stop(flower)
-        delete_run_names(settings)
-    assert page.status_code == 200 and "amqp://" in page.text
+        delete_run_names(shared)
+    assert plain.status_code == 200 and "No queue data is available." in plain.text

@@ -113,3 +113,43 @@ def test_metrics_say_store_down_instead_of_zeros(tmp_path: Path) -> None:
     assert value(found, "indexgate_store_up") == 0
     assert not any(name == "indexgate_locks" for name, _ in found)
     assert value(found, "indexgate_api_store_errors_total", error="StoreNotInitialized") >= 1
+
+
+def test_a_locked_store_shows_as_store_errors_and_store_down(redis_settings: Settings, tmp_path: Path) -> None:
+    """SQLite write-locked by another process: the worker's tasks retry and count
+    ``indexgate_store_errors_total`` (reads still answer in WAL mode, so ``indexgate_store_up``
+    stays 1: the IndexgateWorkerStoreErrors alert covers this case); once released the event
+    is applied."""
+    import sqlite3
+
+    from indexgate.events.decode import event_key
+    from indexgate.events.publisher import Publisher, funnel_event
+
+    folder = tmp_path / "metrics"
+    worker = start_worker(redis_settings, "locked", concurrency=1, env={"PROMETHEUS_MULTIPROC_DIR": str(folder)},
+                          sqlite_busy_timeout_s="0.2", store_retry_max_s="1")
+    service = Service.from_settings(redis_settings)
+    try:
+        wait_ready(redis_settings, [worker])
+        with api_process(redis_settings, worker_metrics_dir=str(folder)) as url:
+            locker = sqlite3.connect(redis_settings.data_dir / "indexgate.db", isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")
+            event = funnel_event("com.oms.indexing.started", {"job_id": "job-locked", "branch": "ops/locked",
+                                                              "resource_types": ["object_type"]}, source="funnel")
+            publisher = Publisher(redis_settings)
+            publisher.publish_funnel(event)
+            publisher.close()
+            ops_kit.wait_for(lambda: (value(samples(httpx.get(f"{url}/metrics").text), "indexgate_store_errors_total",
+                                            task="indexgate.indexing.started") or 0) >= 1, what="a store error")
+            down = samples(httpx.get(f"{url}/metrics").text)
+            locker.execute("ROLLBACK")
+            locker.close()
+            ops_kit.wait_for(lambda: service.store.seen(event_key("funnel", event.get_id())), what="the retried start")
+            up = samples(httpx.get(f"{url}/metrics").text)
+    finally:
+        stop(worker)
+        service.store.close()
+    assert value(down, "indexgate_store_errors_total", task="indexgate.indexing.started") >= 1
+    assert value(down, "indexgate_events_total", type="indexing.started", outcome="applied") is None
+    assert value(up, "indexgate_store_up") == 1
+    assert value(up, "indexgate_events_total", type="indexing.started", outcome="applied") == 1

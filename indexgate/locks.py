@@ -112,6 +112,33 @@ def view(lock: Lock, now: datetime, policy: Policy) -> LockView:
     )
 
 
+# The rules above change only at these instants; ``next_due`` evaluates them there. A
+# lock turns WARNING *after* one interval without a heartbeat, hence the tick past it.
+_TICK = timedelta(microseconds=1)
+
+
+def _moments(lock: Lock, now: datetime, policy: Policy) -> list[datetime]:
+    warning = lock.last_heartbeat + timedelta(seconds=lock.heartbeat_interval_s) + _TICK
+    return sorted(t for t in {now, warning, lock.expires_at, heartbeat_deadline(lock, policy)} if t >= now)
+
+
+def lock_due(lock: Lock, now: datetime, policy: Policy) -> datetime | None:
+    """The first instant from ``now`` on at which a sweep has something to do for this lock:
+    it dies (and releases automatically) or its health differs from the one last recorded.
+    Decided by ``death_reason`` and ``health`` themselves, at the instants they can change."""
+    for moment in _moments(lock, now, policy):
+        if (lock.auto_release and death_reason(lock, moment, policy) is not None) \
+                or health(lock, moment, policy) != lock.last_health:
+            return moment
+    return None
+
+
+def next_due(state: BranchState, now: datetime, policy: Policy) -> datetime | None:
+    """When the branch next needs a sweep (``now`` if it does already), or None: the store
+    indexes it, so a sweep reads only the branches that are due, not every locked one."""
+    return min(filter(None, (lock_due(lock, now, policy) for lock in state.locks)), default=None)
+
+
 def conflicts(a: str | None, b: str | None) -> bool:
     """Branch-wide (None) conflicts with everything on its branch; else same type only."""
     return a is None or b is None or a == b
@@ -136,6 +163,13 @@ def acquire(state: BranchState, req: AcquireRequest, now: datetime, policy: Poli
     ]
     if blockers:
         return _refuse(t, req, blockers, now)
+    if len(t.state.locks) + len(wanted) > policy.max_locks_per_branch:
+        _release_dead(t, now, policy, lambda lock: True)  # make room first: dead locks bind nobody
+        if len(t.state.locks) + len(wanted) > policy.max_locks_per_branch:
+            return _refuse(t, req, [], now, why=(
+                f"branch {t.state.branch} holds {len(t.state.locks)} live lock(s); {len(wanted)} more would pass the "
+                f"limit of {policy.max_locks_per_branch} live locks per branch (INDEXGATE_MAX_LOCKS_PER_BRANCH)"),
+                           limit="INDEXGATE_MAX_LOCKS_PER_BRANCH")
     ttl_s = min(req.ttl_s or policy.default_ttl_s, policy.max_ttl_s)
     for resource_type in wanted:
         t.state.fence += 1
@@ -356,7 +390,8 @@ def _set_expiry(t: Transition, lock: Lock, new_expiry: datetime, actor: str, why
                   detail={"from": old.isoformat(), "to": new_expiry.isoformat()}))
 
 
-def _refuse(t: Transition, req: AcquireRequest, blockers: list[Lock], now: datetime) -> Transition:
+def _refuse(t: Transition, req: AcquireRequest, blockers: list[Lock], now: datetime, why: str = "",
+            limit: str | None = None) -> Transition:
     t.state.finished[req.job_id] = FinishedJob(status=JobStatus.REFUSED, holder=req.holder, ended_at=now,
                                                outcome="refused")
     t.touch()
@@ -364,8 +399,8 @@ def _refuse(t: Transition, req: AcquireRequest, blockers: list[Lock], now: datet
              "expires_at": b.expires_at.isoformat()} for b in blockers]
     t.note(AuditEntry(
         at=now, kind=AuditKind.REFUSED, actor=req.holder, branch=t.state.branch, job_id=req.job_id,
-        reason=f"conflicts with {len(blockers)} live lock(s) held by {', '.join(sorted({b.holder for b in blockers}))}",
-        detail={"requested": list(req.resource_types), "held_by": held},
+        reason=why or f"conflicts with {len(blockers)} live lock(s) held by {', '.join(sorted({b.holder for b in blockers}))}",
+        detail={"requested": list(req.resource_types), "held_by": held} | ({"limit": limit} if limit else {}),
     ))
     return t
 

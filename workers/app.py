@@ -30,7 +30,7 @@ from kombu.utils.url import maybe_sanitize_url
 from indexgate.beat_schedule import build_schedule
 from indexgate.events.publisher import transport_class, transport_options
 from indexgate.errors import ConfigError, StoreUnavailable
-from indexgate.settings import Settings
+from indexgate.settings import TASK_TIME_LIMIT_S, Settings
 from indexgate.store import initialize_store
 from indexgate.workers.intake import IntakeStep, StreamStep
 from indexgate.workers.runtime import reset
@@ -61,8 +61,8 @@ def create_app(settings: Settings | None = None, on_switch_step: Callable[[str],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_time_limit=300,
-        task_soft_time_limit=240,
+        task_time_limit=TASK_TIME_LIMIT_S,
+        task_soft_time_limit=TASK_TIME_LIMIT_S - 60,
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,

@@ -62,10 +62,12 @@ def register_tasks(app: Celery) -> None:
         return len(service.sweep([ReleaseReason.HEARTBEAT_MISSED])) + len(service.shadows.sweep())
 
     @task(name=names.HEALTH_SWEEP)
-    def health_sweep(self) -> dict:
-        service = runtime(self.app).service
-        service.refresh_health()
-        return service.summary()
+    def health_sweep(self) -> int:
+        return len(runtime(self.app).service.refresh_health())
+
+    @task(name=names.RETENTION)
+    def retention(self) -> dict:
+        return runtime(self.app).service.retention.run().model_dump()
 
     @task(name=names.RELAY_OUTBOX)
     def relay_outbox(self) -> int:

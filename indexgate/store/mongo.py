@@ -44,8 +44,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -62,7 +63,7 @@ from indexgate.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from indexgate.store.base import SCHEMA_VERSION
+from indexgate.store.base import EPOCH, SCHEMA_VERSION
 from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter
 from indexgate.schemas.shadows import IndexState
 
@@ -84,11 +85,18 @@ _PENDING = {"$or": [{"pending_audit.0": {"$exists": True}}, {"pending_inbox.0": 
 _AGGREGATES = {"branches": ("branch", "jobs", "branch"), "indexes": ("index", "index_refs", "key")}
 
 
+# collection -> (stamp field, extra filter) of the rows retention prunes; TTL indexes on the same
+TTL_FILTERS: dict[str, dict[str, Any]] = {"inbox": {}, "audit": {"published": True}, "dead_letters": {}}
+INBOX_TTL_FACTOR = 2  # the inbox's TTL index is a backstop: see _create_indexes
+
+
 class MongoStore:
-    def __init__(self, url: str, database: str = DEFAULT_DATABASE) -> None:
-        """Remember where to connect; no I/O happens until the first verb."""
+    def __init__(self, url: str, database: str = DEFAULT_DATABASE, ttl_s: Mapping[str, float] | None = None) -> None:
+        """Remember where to connect; no I/O happens until the first verb. ``ttl_s`` (per
+        collection of ``TTL_FILTERS``) makes ``initialize`` create TTL indexes."""
         self.url = url
         self.database = database
+        self.ttl_s = dict(ttl_s or {})
         self._mock = urlparse(url).scheme == "mongomock"
         self._client: Any = None  # pymongo.MongoClient or mongomock.MongoClient
         self._pid = 0
@@ -96,11 +104,11 @@ class MongoStore:
         self._mutex = threading.RLock()
 
     @classmethod
-    def from_url(cls, url: str, database: str | None = None) -> "MongoStore":
+    def from_url(cls, url: str, database: str | None = None, ttl_s: Mapping[str, float] | None = None) -> "MongoStore":
         """``mongodb://[user:pw@]host[,host]/db?opts``, ``mongodb+srv://...`` or ``mongomock://``;
         the database is the URL path (default ``indexgate``) unless ``database`` is given."""
         name = urlparse(url).path.lstrip("/").split("/")[0]
-        return cls(url, database or name or DEFAULT_DATABASE)
+        return cls(url, database or name or DEFAULT_DATABASE, ttl_s)
 
     @property
     def host(self) -> str:
@@ -127,6 +135,7 @@ class MongoStore:
         """Create the indexes and the ``meta`` document that marks the database as indexgate's."""
         with self._call("initialization"):
             db = self._raw_db()
+            self._migrate(db)
             self._create_indexes(db)
             db.meta.replace_one({"_id": "schema"}, {"_id": "schema", "version": SCHEMA_VERSION}, upsert=True)
             self._checked = True
@@ -149,7 +158,20 @@ class MongoStore:
         return db
 
     @staticmethod
-    def _create_indexes(db: Database[Any]) -> None:
+    def _migrate(db: Database[Any]) -> None:
+        """Documents written by an older version: aggregates get a due time of "now" (the first
+        sweep computes the real one), inbox keys the stamp retention and the TTL index need."""
+        due_now = {"$set": {"due_at": EPOCH, "doc.due_at": EPOCH.isoformat()}}
+        db.branches.update_many({"has_locks": True, "due_at": {"$exists": False}}, due_now)
+        db.indexes.update_many({"due_at": {"$exists": False}}, due_now)
+        db.inbox.update_many({"at": {"$exists": False}}, {"$set": {"at": _now()}})
+
+    def _create_indexes(self, db: Database[Any]) -> None:
+        for name in _AGGREGATES:
+            db[name].create_index("due_at", name="due_at", partialFilterExpression={"due_at": {"$type": "date"}})
+        db.index_refs.create_index("key")
+        for name, only in TTL_FILTERS.items():
+            self._ttl_index(db, name, only)
         db.branches.create_index("has_locks", partialFilterExpression={"has_locks": True})
         db.audit.create_index([("seq", DESCENDING)])
         db.audit.create_index(
@@ -157,6 +179,22 @@ class MongoStore:
         )
         db.audit.create_index([("branch", ASCENDING), ("seq", DESCENDING)])
         db.dead_letters.create_index([("seq", DESCENDING)])
+
+    def _ttl_index(self, db: Database[Any], name: str, only: dict[str, Any]) -> None:
+        """The server deletes what retention would, on its own clock (a TTL index needs a BSON
+        date: ``at``). The inbox's expires at ``INBOX_TTL_FACTOR`` x its retention, a backstop
+        only: the TTL monitor also runs while no worker reaches the server, when batches that
+        wait for the store may still carry applied events, and the explicit prune (which holds
+        back after an outage, see ``indexgate.retention``) does the real work. An index whose
+        expiry changed is rebuilt; without a retention for the collection there is none."""
+        seconds = self.ttl_s.get(name)
+        wanted = None if seconds is None else int(seconds * (INBOX_TTL_FACTOR if name == "inbox" else 1))
+        current = db[name].index_information().get("retention_ttl")
+        if current is not None and current.get("expireAfterSeconds") != wanted:
+            db[name].drop_index("retention_ttl")
+        if wanted is not None:
+            options: dict[str, Any] = {"partialFilterExpression": only} if only else {}
+            db[name].create_index("at", name="retention_ttl", expireAfterSeconds=wanted, **options)
 
     def _col(self, name: str) -> Collection[Any]:
         """Majority writes everywhere, majority reads of aggregates: nothing a failover can undo."""
@@ -201,8 +239,8 @@ class MongoStore:
     def save(self, state: BranchState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
         new = state.model_copy(update={"version": state.version + 1})
         doc = new.model_dump(mode="json")
-        return self._save("branches", state.branch, state.version, doc, {"has_locks": bool(new.locks)},
-                          audit, inbox_key)
+        return self._save("branches", state.branch, state.version, doc,
+                          {"has_locks": bool(new.locks), "due_at": _bson_due(new.due_at)}, audit, inbox_key)
 
     def load_index(self, key: str) -> IndexState | None:
         with self._call(f"load of index {key}"):
@@ -211,7 +249,8 @@ class MongoStore:
 
     def save_index(self, state: IndexState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
         new = state.model_copy(update={"version": state.version + 1})
-        return self._save("indexes", state.key, state.version, new.model_dump(mode="json"), {}, audit, inbox_key)
+        return self._save("indexes", state.key, state.version, new.model_dump(mode="json"),
+                          {"due_at": _bson_due(new.due_at)}, audit, inbox_key)
 
     def index_of(self, ref: str) -> str | None:
         with self._call(f"lookup of index reference {ref}"):
@@ -263,7 +302,7 @@ class MongoStore:
         if inbox_key is not None:  # claim the key first: a concurrent delivery loses here
             try:
                 with self._call("inbox claim"):
-                    self._col("inbox").insert_one({"_id": inbox_key})
+                    self._col("inbox").insert_one({"_id": inbox_key, "at": _now()})
             except StoreUnavailable as exc:
                 if isinstance(exc.__cause__, DuplicateKeyError):
                     raise DuplicateEvent(f"event {inbox_key} was already applied") from exc
@@ -291,7 +330,9 @@ class MongoStore:
         with self._call(f"audit/inbox writes of {noun} {key}"):
             self._insert_ignoring_duplicates(self._col("audit"), rows)
             self._insert_ignoring_duplicates(self._col(ref_collection), [{"_id": r, ref_field: key} for r in refs])
-            self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": k} for k in inbox])
+            if name == "indexes":  # the references of builds the aggregate forgot go too
+                self._col(ref_collection).delete_many({ref_field: key, "_id": {"$nin": refs}})
+            self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": k, "at": _now()} for k in inbox])
             if rows or inbox:
                 self._col(name).update_one(
                     {"_id": key},
@@ -349,6 +390,17 @@ class MongoStore:
             docs = list(self._col("branches").find({"has_locks": True}, {"doc": 1}).sort("_id", ASCENDING))
         return [BranchState.model_validate(raw["doc"]) for raw in docs]
 
+    def branches_due(self, now: datetime) -> list[str]:
+        return self._due("branches", now)
+
+    def indexes_due(self, now: datetime) -> list[str]:
+        return self._due("indexes", now)
+
+    def _due(self, name: str, now: datetime) -> list[str]:
+        with self._call(f"listing of due {name}"):
+            found = self._col(name).find({"due_at": {"$lte": now}}, {"_id": 1}).sort("due_at", ASCENDING)
+            return [raw["_id"] for raw in found]
+
     # --- audit / outbox -----------------------------------------------------------
 
     def audit(self, limit: int = 100, branch: str | None = None) -> list[AuditEntry]:
@@ -376,6 +428,35 @@ class MongoStore:
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return [DeadLetter.model_validate(raw["doc"]) for raw in self._find("dead_letters", {}, DESCENDING, limit)]
 
+    # --- retention --------------------------------------------------------------
+
+    def prune_inbox(self, before: datetime) -> int:
+        return self._prune("inbox", before)
+
+    def prune_audit(self, before: datetime) -> int:
+        return self._prune("audit", before)
+
+    def prune_dead_letters(self, before: datetime) -> int:
+        return self._prune("dead_letters", before)
+
+    def _prune(self, name: str, before: datetime) -> int:
+        """What the TTL index would delete, now (the TTL monitor runs once a minute, and
+        mongomock never runs it): one ``delete_many`` over the ``at`` index."""
+        with self._call(f"pruning {name}"):
+            return self._col(name).delete_many({**TTL_FILTERS[name], "at": {"$lt": before}}).deleted_count
+
+    def reclaim_space(self) -> None:
+        """Nothing to do: WiredTiger reuses the space of deleted documents."""
+
+    def marker(self, name: str) -> datetime | None:
+        with self._call(f"reading marker {name}"):
+            raw = self._col("meta").find_one({"_id": f"marker:{name}"})
+        return raw["at"] if raw else None
+
+    def set_marker(self, name: str, at: datetime) -> None:
+        with self._call(f"writing marker {name}"):
+            self._col("meta").replace_one({"_id": f"marker:{name}"}, {"_id": f"marker:{name}", "at": at}, upsert=True)
+
     def _find(self, name: str, query: dict[str, Any], order: int, limit: int) -> Iterable[dict[str, Any]]:
         """``ORDER BY seq LIMIT n`` as SQLite reads it: 0 = nothing, negative = no limit."""
         if limit == 0:
@@ -391,6 +472,18 @@ def _refs(name: str, doc: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
         named = {row["doc"].get("job_id") for row in rows if row["doc"].get("branch") == doc.get("branch")}
         return sorted({job["job_id"] for job in doc.get("jobs", [])} | named - {None})
     return sorted({ref for build in doc.get("builds", []) for ref in (build["job_id"], build["shadow_index_id"])})
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _bson_due(at: datetime | None) -> datetime | None:
+    """A due time as a BSON date (milliseconds), rounded up: never due before it is."""
+    if at is None:
+        return None
+    spare = at.microsecond % 1000
+    return at + timedelta(microseconds=1000 - spare) if spare else at
 
 
 def _audit(raw: dict[str, Any]) -> AuditEntry:

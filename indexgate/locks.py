@@ -113,13 +113,15 @@ def view(lock: Lock, now: datetime, policy: Policy) -> LockView:
 
 
 # The rules above change only at these instants; ``next_due`` evaluates them there. A
-# lock turns WARNING *after* one interval without a heartbeat, hence the tick past it.
+# lock turns WARNING *after* one interval without a heartbeat: the instant on the interval
+# (rounded to a microsecond) and the one after it, whichever the rule says first.
 _TICK = timedelta(microseconds=1)
 
 
 def _moments(lock: Lock, now: datetime, policy: Policy) -> list[datetime]:
-    warning = lock.last_heartbeat + timedelta(seconds=lock.heartbeat_interval_s) + _TICK
-    return sorted(t for t in {now, warning, lock.expires_at, heartbeat_deadline(lock, policy)} if t >= now)
+    warning = lock.last_heartbeat + timedelta(seconds=lock.heartbeat_interval_s)
+    edges = {now, warning, warning + _TICK, lock.expires_at, heartbeat_deadline(lock, policy)}
+    return sorted(t for t in edges if t >= now)
 
 
 def lock_due(lock: Lock, now: datetime, policy: Policy) -> datetime | None:

@@ -115,12 +115,12 @@ def _forget(t: Transition, now: datetime, policy: Policy, keep: int) -> None:
     """Drop finished builds past their retention, then the oldest finished ones beyond
     ``keep`` builds: the aggregate every shadow event rewrites stays bounded."""
     state: IndexState = t.state
-    ends = {id(b): at for b in state.builds if (at := forget_at(state, b, policy)) is not None}
-    gone = {key for key, at in ends.items() if at <= now}
-    spare = sorted((at, key) for key, at in ends.items() if key not in gone)  # oldest first
-    gone |= {key for _, key in spare[:max(0, len(state.builds) - len(gone) - keep)]}
+    ends = {n: at for n, b in enumerate(state.builds) if (at := forget_at(state, b, policy)) is not None}
+    gone = {n for n, at in ends.items() if at <= now}
+    spare = sorted((at, n) for n, at in ends.items() if n not in gone)  # oldest first, then first registered
+    gone |= {n for _, n in spare[:max(0, len(state.builds) - len(gone) - keep)]}
     if gone:
-        state.builds = [b for b in state.builds if id(b) not in gone]
+        state.builds = [b for n, b in enumerate(state.builds) if n not in gone]
         t.touch()
 
 

@@ -451,11 +451,12 @@ class MongoStore:
     def marker(self, name: str) -> datetime | None:
         with self._call(f"reading marker {name}"):
             raw = self._col("meta").find_one({"_id": f"marker:{name}"})
-        return raw["at"] if raw else None
+        return datetime.fromisoformat(raw["at"]) if raw else None  # ISO, like the aggregates: microseconds
 
     def set_marker(self, name: str, at: datetime) -> None:
         with self._call(f"writing marker {name}"):
-            self._col("meta").replace_one({"_id": f"marker:{name}"}, {"_id": f"marker:{name}", "at": at}, upsert=True)
+            self._col("meta").replace_one({"_id": f"marker:{name}"}, {"_id": f"marker:{name}", "at": at.isoformat()},
+                                         upsert=True)
 
     def _find(self, name: str, query: dict[str, Any], order: int, limit: int) -> Iterable[dict[str, Any]]:
         """``ORDER BY seq LIMIT n`` as SQLite reads it: 0 = nothing, negative = no limit."""

@@ -338,7 +338,8 @@ class SqliteStore:
         until then SQLite reuses them for new rows anyway."""
         with self._mutex:
             try:
-                self._connection().execute("PRAGMA incremental_vacuum").fetchall()
+                # executescript steps the pragma to the end; execute() frees a single page
+                self._connection().executescript("PRAGMA incremental_vacuum;")
             except sqlite3.Error as exc:
                 self._drop()
                 raise StoreUnavailable(f"SQLite store {self.url} unavailable: {exc}") from exc

@@ -18,6 +18,12 @@ time limits (``task_soft_time_limit`` 240 s, ``task_time_limit`` 300 s): billiar
 schedule a timeout entry per task, and a cancelled entry stays in the timer heap until it
 would have fired. RSS then levels off (at ~250 s there: +33 MB at ~250 events/s), so the
 growth figure of a soak shorter than that measures this fill, not a leak.
+
+Retention runs meanwhile (``bench.soak_store.Pruner``: the beat job's use case, with a
+``KEEP_S`` retention so the soak reaches its steady state in seconds), and the store's bytes
+in use are sampled with the RSS: the store must stop growing with the events once the
+first rows pass their retention (bytes per event, beside the bytes per event before).
+``--branches N`` runs the jobs on N distinct branches instead (``bench.soak_branches``).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from bench.common import (
     wait_until,
     worker_rss,
 )
+from bench.soak_store import Pruner, StoreMeter, slope as bytes_slope
 from indexgate.events.publisher import Publisher
 from indexgate.service import Service
 from indexgate.workers.app import create_app
@@ -50,13 +57,19 @@ BATCH = 200
 SAMPLE_S = 1.0
 
 
+KEEP_S = 10.0  # retention of inbox keys, audit entries, dead letters during a soak
+PRUNE_EVERY_S = 1.0
+
+
 class RssSampler(threading.Thread):
-    def __init__(self, procs, progress) -> None:
+    def __init__(self, procs, progress, meter: StoreMeter | None = None) -> None:
         super().__init__(daemon=True, name="rss-sampler")
         self.procs = procs
         self.progress = progress
+        self.meter = meter
         self.samples: list[tuple[float, int, int]] = []  # (t, events applied, rss bytes)
         self.split: list[tuple[int, int]] = []  # (main, pool children) rss bytes
+        self.store: list[tuple[int, int]] = []  # (bytes in use, bytes on disk) of the store
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -65,6 +78,7 @@ class RssSampler(threading.Thread):
             main, children = worker_rss(self.procs)
             self.samples.append((time.monotonic() - t0, self.progress(), main + children))
             self.split.append((main, children))
+            self.store.append(self.meter.sample() if self.meter else (0, 0))
             self.done.wait(SAMPLE_S)
 
 
@@ -84,9 +98,11 @@ def run(report: Report, folder: Path, broker: str, events: int = 20_000, cycle: 
     jobs = 0
     try:
         with worker_processes(settings, count=1, concurrency=None) as procs:
-            sampler = RssSampler(procs, lambda: applied["n"])
+            sampler = RssSampler(procs, lambda: applied["n"], StoreMeter(settings))
+            pruner = Pruner(settings, KEEP_S, PRUNE_EVERY_S)
             meter = CpuMeter(procs).start()
             sampler.start()
+            pruner.start()
             job, published, previous = None, 0, None
             marks.append((0, time.perf_counter()))
             try:
@@ -121,7 +137,9 @@ def run(report: Report, folder: Path, broker: str, events: int = 20_000, cycle: 
                     marks.append((applied["n"], time.perf_counter()))
             finally:
                 sampler.done.set()
+                pruner.done.set()
                 sampler.join(5)
+                pruner.join(10)
             cpu = meter.stop()
             state = service.store.load(branch)
             doc_kb = len(state.model_dump_json()) / 1024 if state else 0.0
@@ -130,8 +148,29 @@ def run(report: Report, folder: Path, broker: str, events: int = 20_000, cycle: 
         service.store.close()
         delete_run_names(settings)
 
+    note = f"{applied['n']} events ({jobs} jobs of {cycle} events on one branch)"
+    summarize(report, sampler, applied["n"], marks, create_app(settings).conf.task_soft_time_limit or 0, note, cpu,
+              pruner)
+    report.add(Figure("soak: events/s, last fifth of the events", _rate(marks, applied["n"], 0.8, 1.0), "ev/s",
+                      "events/s, first fifth", _rate(marks, applied["n"], 0.0, 0.2), "informational", True,
+                      f"{jobs} jobs cycled on one branch; its aggregate, rewritten by every event, was "
+                      f"{doc_kb:.1f} KB at the end"))
+    return [rss / 2**20 for _, _, rss in sampler.samples]
+
+
+def _rate(marks: list[tuple[int, float]], total: int, lo: float, hi: float) -> float:
+    inside = [(n, t) for n, t in marks if lo * total <= n <= hi * total]
+    if len(inside) < 2:
+        return float("nan")
+    (n0, t0), (n1, t1) = inside[0], inside[-1]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def summarize(report: Report, sampler: RssSampler, total: int, marks, soft_limit: float, what: str, cpu,
+              pruner: Pruner) -> None:
+    """The RSS figure (growth after the warm-up) and the store-bytes figure (bytes per event
+    once retention prunes, beside the bytes per event before it did), for either soak."""
     samples = sampler.samples
-    total = applied["n"]
     warm = [rss for _, n, rss in samples if 0.2 * total <= n < 0.4 * total]
     if len(warm) < 2:  # a short soak: the first samples after the warm-up
         warm = [rss for _, n, rss in samples if n >= 0.2 * total][:3]
@@ -140,50 +179,47 @@ def run(report: Report, folder: Path, broker: str, events: int = 20_000, cycle: 
     tail_mb = sum(tail) / len(tail) / 2**20
     growth = tail_mb / warm_mb - 1 if warm else float("nan")
 
-    def rate(lo: float, hi: float) -> float:
-        inside = [(n, t) for n, t in marks if lo * total <= n <= hi * total]
-        if len(inside) < 2:
-            return float("nan")
-        (n0, t0), (n1, t1) = inside[0], inside[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
-
-    first_rate, last_rate = rate(0.0, 0.2), rate(0.8, 1.0)
-
     def slope(values: list[int], since: int = 0) -> float:
         """MB per 10,000 events, least squares over the samples after the warm-up (and ``since``)."""
         points = [(n, v) for i, ((_, n, _), v) in enumerate(zip(samples, values)) if n >= 0.2 * total and i >= since]
-        if len(points) < 3:
-            return float("nan")
-        mean_n = sum(n for n, _ in points) / len(points)
-        mean_v = sum(v for _, v in points) / len(points)
-        var = sum((n - mean_n) ** 2 for n, _ in points)
-        return sum((n - mean_n) * (v - mean_v) for n, v in points) / var * 10_000 / 2**20 if var else float("nan")
+        return bytes_slope(points) * 10_000 / 2**20
 
     totals = [r for _, _, r in samples]
     third = max(3, len(samples) // 3)
     trend = (f"after the warm-up RSS changes by {slope(totals):+.2f} MB per 10,000 events (main process "
              f"{slope([m for m, _ in sampler.split]):+.2f}, pool children {slope([c for _, c in sampler.split]):+.2f}; "
              f"least squares), over the last third of the samples by {slope(totals, since=len(samples) - third):+.2f}")
-    soft_limit = create_app(settings).conf.task_soft_time_limit or 0
     duration = samples[-1][0] if samples else 0.0
     if duration < soft_limit + 60:
         trend += (f"; the soak lasted {duration:.0f} s, less than task_soft_time_limit ({soft_limit} s) + 60 s: "
                   "the worker's main process keeps a cancelled timer entry per finished task until its time "
                   "limit would have fired, so its RSS still grows with the event rate until then (a 100,000-event "
                   "soak levels off after ~250 s); a soak past that point measures steady state")
-    note = (f"{total} events ({jobs} jobs of {cycle} events on one branch), {len(samples)} RSS samples of the worker "
-            f"tree (main + pool children, shared pages counted in each); warm-up mean from {len(warm)} samples, "
-            f"final mean from {len(tail)}; {trend}; {CpuMeter.describe(cpu)}")
+    note = (f"{what}, {len(samples)} RSS samples of the worker tree (main + pool children, shared pages counted in "
+            f"each); warm-up mean from {len(warm)} samples, final mean from {len(tail)}; {trend}; "
+            f"{CpuMeter.describe(cpu)}")
     if len(samples) < 10:
         note += "; fewer than 10 samples: run a longer soak for a meaningful growth figure"
-    met = growth < 0.10
     report.add(Figure(f"soak: worker RSS after {total} events", tail_mb, "MB", "RSS after warm-up (20-40 % of events)",
-                      warm_mb, "growth < 10 %", met, note))
-    report.add(Figure("soak: events/s, last fifth of the events", last_rate, "ev/s", "events/s, first fifth",
-                      first_rate, "informational", True,
-                      f"{jobs} jobs cycled on one branch; its aggregate, rewritten by every event, was "
-                      f"{doc_kb:.1f} KB at the end"))
-    report.context["soak_rss_mb (s:events:total:main:children)"] = ", ".join(
-        f"{t:.0f}:{n}:{rss / 2**20:.1f}:{m / 2**20:.1f}:{c / 2**20:.1f}"
-        for (t, n, rss), (m, c) in zip(samples, sampler.split))
-    return [rss / 2**20 for _, _, rss in samples]
+                      warm_mb, "growth < 10 %", growth < 0.10, note))
+    _store_figure(report, sampler, pruner)
+
+
+def _store_figure(report: Report, sampler: RssSampler, pruner: Pruner) -> None:
+    points = [(t, n, used, disk) for (t, n, _), (used, disk) in zip(sampler.samples, sampler.store) if used]
+    if not points:
+        return
+    before = [(n, used) for t, n, used, _ in points if 1.0 <= t < KEEP_S]  # nothing old enough to prune yet
+    steady = [(n, used) for t, n, used, _ in points if t >= 2 * KEEP_S + 5]
+    per_event, baseline = bytes_slope(steady), bytes_slope(before)
+    flat = per_event < 0.05 * baseline if baseline == baseline and baseline > 0 else False
+    disk_mb = [disk / 2**20 for *_, disk in points]
+    report.add(Figure("soak: store bytes per event, with retention", per_event, "B/ev",
+                      "bytes per event before retention pruned anything (same run)", baseline,
+                      "flat (< 5 % of the baseline)", flat,
+                      f"SQLite bytes in use (pages less the free list), least squares over {len(steady)} samples "
+                      f"from {2 * KEEP_S + 5:.0f} s on; retention {KEEP_S:.0f} s for inbox keys, audit entries and "
+                      f"dead letters, run every {PRUNE_EVERY_S:.0f} s by the benchmark (the beat job's use case); "
+                      f"{pruner.describe()}; in use at the end {points[-1][2] / 2**20:.2f} MB, on disk (file + WAL) "
+                      f"{disk_mb[-1]:.2f} MB, at most {max(disk_mb):.2f} MB; rows at the end: "
+                      f"{', '.join(f'{k} {v}' for k, v in sampler.meter.rows().items())}"))

@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diagnose", action="store_true",
                         help="throughput: also measure a worker with Celery task events off (diagnostic)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="where to write (default bench/)")
+    parser.add_argument("--section", metavar="NAME",
+                        help="write this run as section 'Section: NAME' of the existing RESULTS.md instead of replacing it")
     args = parser.parse_args(argv)
     names = list(args.suites or DEFAULT)
     if (args.soak or args.branches) and "soak" not in names:
@@ -97,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     report.context["duration_s"] = f"{time.monotonic() - t_all:.0f}"
     if failed:
         report.context["errors"] = "\n".join(failed)
-    report.write(args.out)
-    print(f"wrote {args.out}/RESULTS.md, results.json, latency.png in {report.context['duration_s']} s")
+    if args.section:
+        report.write_section(args.out, f"Section: {args.section}")
+        print(f"wrote section {args.section!r} of {args.out}/RESULTS.md and results.json")
+    else:
+        report.write(args.out)
+        print(f"wrote {args.out}/RESULTS.md, results.json, latency.png in {report.context['duration_s']} s")
     return 1 if failed else 0
 
 

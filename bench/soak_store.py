@@ -72,6 +72,16 @@ class Pruner(threading.Thread):
             self.runs.append((time.perf_counter() - t0, pruned.inbox, pruned.audit))
         self.store.close()
 
+    def prune_all(self, settings: Settings) -> None:
+        """One last run that prunes every inbox key, audit entry and dead letter there is: what
+        stays is what the store keeps for good (the aggregates and their reference rows)."""
+        store = open_store(settings)
+        try:
+            Retention(store, RetentionPolicy(inbox_s=0, audit_s=0, dead_letter_s=0, interval_s=3600),  # no gap
+                      utcnow).run()
+        finally:
+            store.close()
+
     def describe(self) -> str:
         if not self.runs:
             return "no retention run"

@@ -9,8 +9,12 @@ set), at each size:
   **none due**, median of several runs, beside the **full scan** the sweep was before (every
   locked branch loaded and its rule applied, as on main before due times) in the same run;
 - the **cost per due lock**: rounds of ``DUE_PER_ROUND`` locks whose heartbeat deadline has
-  just passed, released by one sweep; the sweep's time / the locks it released (each is a
-  fsync'ed commit), median of the rounds; compared with the same figure at the smallest size;
+  just passed, released by one sweep; the sweep's time / the locks it released, median of
+  the rounds, compared with the same figure at the smallest size. Each release is an
+  fsync'ed commit, whose time on a shared disk varies by 2-3x from one run to the next
+  whatever the store's size, so the goal is judged on the cost *outside* the COMMIT
+  statements (load, rule, the write's B-tree work: what could grow with the branches),
+  timed apart by the profiled store of ``bench.common``; the whole cost is reported too;
 - the **permission check** (one aggregate read) on a random locked branch, p50, beside a
   bare read of the same row, and compared with the smallest size.
 
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from bench.common import Figure, Report, bench_settings, percentiles
+from bench.common import Figure, Report, bench_settings, percentiles, profiled_sqlite_store
 from indexgate import locks
 from indexgate.locks import SWEEPER, AcquireRequest
 from indexgate.service import Origin, Service, policy_from
@@ -40,7 +44,7 @@ from indexgate.store import open_store
 
 SIZES = (1_000, 10_000, 100_000)
 DUE_PER_ROUND = 100
-ROUNDS = 3
+ROUNDS = 5
 QUIET_RUNS = 5
 CHECKS = 2000
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
@@ -82,23 +86,25 @@ def run(report: Report, folder: Path, broker: str, sizes: tuple[int, ...] = SIZE
     settings = bench_settings(folder, broker)
     clock = Clock()
     policy = policy_from(settings)
-    shipped = Service(open_store(settings), policy, clock=clock)
     mongo = bool(os.environ.get("MONGODB_URL"))
     if mongo:
-        setup = shipped
+        shipped = setup = Service(open_store(settings), policy, clock=clock)
     else:
         from indexgate.store.sqlite import SqliteStore
 
-        setup = Service(SqliteStore(Path(settings.resolved_store_url[len("sqlite:///"):]), synchronous="OFF"),
-                        policy, clock=clock)
+        path = Path(settings.resolved_store_url[len("sqlite:///"):])
+        shipped = Service(profiled_sqlite_store(path), policy, clock=clock)  # as shipped, COMMITs timed apart
+        setup = Service(SqliteStore(path, synchronous="OFF"), policy, clock=clock)
     results: dict[int, dict[str, float]] = {}
     have, base = 0, T0
+    bulk_names: list[str] = []  # the locked branches that are due for nothing
     for size in sizes:
         t_setup = time.monotonic()
         clock.now = base
         bulk = size - ROUNDS * DUE_PER_ROUND - have  # this size's due rounds count among its branches
         for n in range(have, have + bulk):
             _lock(setup, f"bench/b{n:06d}", f"j{n}", 3600)
+            bulk_names.append(f"bench/b{n:06d}")
         have += bulk
         rounds = []
         for r in range(ROUNDS):  # round r dies at base + 10 (r + 1) + 3 s; no other lock is due then
@@ -114,17 +120,21 @@ def run(report: Report, folder: Path, broker: str, sizes: tuple[int, ...] = SIZE
         heartbeat_sweep(shipped)  # warm the connection and caches
         quiet = statistics.median(_ms(lambda: heartbeat_sweep(shipped)) for _ in range(QUIET_RUNS))
         scan = statistics.median(_ms(lambda: full_scan(shipped)) for _ in range(1 if size >= 50_000 else 3))
-        per_due = []
+        per_due, outside = [], []
         for due_at in rounds:
             clock.now = due_at
             released: list[int] = []
+            commit_s = getattr(shipped.store, "commit_s", 0.0)
             elapsed = _ms(lambda: released.append(heartbeat_sweep(shipped)))
             if released[0] != DUE_PER_ROUND:
                 raise RuntimeError(f"the due round released {released[0]} locks, not {DUE_PER_ROUND}")
             per_due.append(elapsed / DUE_PER_ROUND)
+            commits_ms = (getattr(shipped.store, "commit_s", 0.0) - commit_s) * 1000
+            outside.append((elapsed - commits_ms) / DUE_PER_ROUND)
         clock.now = base + timedelta(seconds=0.5)
-        check, bare = _checks(shipped, settings, [f"bench/b{n:06d}" for n in random.sample(range(have - 3 * 100), 50)])
+        check, bare = _checks(shipped, settings, random.sample(bulk_names, 50))
         results[size] = {"quiet_ms": quiet, "scan_ms": scan, "per_due_ms": statistics.median(per_due),
+                         "per_due_outside_ms": statistics.median(outside),
                          "check_p50_ms": check["p50"], "check_p99_ms": check["p99"], "bare_p50_ms": bare["p50"],
                          "setup_s": setup_s, "locked": have}
         print(f"  {size} branches: set up in {setup_s:.0f} s", flush=True)
@@ -144,7 +154,8 @@ def _checks(service: Service, settings, branches: list[str]) -> tuple[dict, dict
         bare_fn = lambda b: conn.execute("SELECT doc FROM branches WHERE branch = ?", (b,)).fetchone()  # noqa: E731
     picks = [random.choice(branches) for _ in range(CHECKS)]
     for b in picks[:200]:
-        service.check(b, "docs")
+        if service.check(b, "docs").allowed:
+            raise RuntimeError(f"{b} should be locked")
         bare_fn(b)
     checks = [_ms(lambda: service.check(b, "docs")) for b in picks]
     bares = [_ms(lambda: bare_fn(b)) for b in picks]
@@ -164,13 +175,18 @@ def _report(report: Report, results: dict[int, dict[str, float]], mongo: bool) -
                           r["quiet_ms"] < 100 or size != 100_000,
                           f"median of {QUIET_RUNS} sweeps; {r['locked']:,} locked branches in the {store} store; "
                           f"full scan: {r['scan_ms'] / r['locked'] * 1000:.1f} us per branch"))
-        base = results[smallest]["per_due_ms"]
-        report.add(Figure(f"heartbeat sweep, cost per due lock, {label} branches", r["per_due_ms"], "ms",
-                          f"same at {smallest:,} branches", base,
+        base = results[smallest]
+        timed_apart = "" if mongo else " outside COMMIT"
+        value, reference = (r["per_due_ms"], base["per_due_ms"]) if mongo else \
+            (r["per_due_outside_ms"], base["per_due_outside_ms"])
+        report.add(Figure(f"heartbeat sweep, cost per due lock{timed_apart}, {label} branches", value, "ms",
+                          f"same at {smallest:,} branches", reference,
                           "constant (ratio <= 1.5)" if size != smallest else "informational",
-                          r["per_due_ms"] <= 1.5 * base or size == smallest,
+                          value <= 1.5 * reference or size == smallest,
                           f"median of {ROUNDS} sweeps each releasing {DUE_PER_ROUND} locks whose heartbeat deadline "
-                          "had just passed: load, rule, fsync'ed commit per branch"))
+                          f"had just passed: load, rule and the write per branch; with its fsync'ed COMMIT "
+                          f"{r['per_due_ms']:.3f} ms per lock (at {smallest:,}: {base['per_due_ms']:.3f} ms; disk "
+                          "time on a shared machine varies from run to run whatever the size)"))
         report.add(Figure(f"permission check p50, {label} locked branches", r["check_p50_ms"], "ms",
                           f"same at {smallest:,} branches", results[smallest]["check_p50_ms"],
                           "flat (ratio <= 1.5)" if size != smallest else "informational",

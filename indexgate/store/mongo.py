@@ -34,7 +34,10 @@ before the CAS, so per aggregate they follow commit order, but a slow commit's r
 become visible after a later commit's (at-least-once outbox).
 
 Aggregates and audit entries are kept as JSON-mode documents (ISO strings), because BSON
-dates are millisecond, naive values and the SQLite adapter round-trips microseconds.
+dates are millisecond, naive values and the SQLite adapter round-trips microseconds. The
+aggregates' ``due_at`` beside the document is a BSON date, rounded *up* to the millisecond
+(listed due never before it is); due listings, retention and migrations live in
+``mongo_upkeep``.
 The client is created lazily and re-created after ``fork``; ``mongomock://`` uses an
 in-memory mongomock client for tests. Every driver error leaves as ``StoreUnavailable``.
 """
@@ -46,7 +49,6 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -63,7 +65,8 @@ from indexgate.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from indexgate.store.base import EPOCH, SCHEMA_VERSION
+from indexgate.store.base import SCHEMA_VERSION
+from indexgate.store.mongo_upkeep import MongoUpkeep, bson_due, now
 from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter
 from indexgate.schemas.shadows import IndexState
 
@@ -85,15 +88,10 @@ _PENDING = {"$or": [{"pending_audit.0": {"$exists": True}}, {"pending_inbox.0": 
 _AGGREGATES = {"branches": ("branch", "jobs", "branch"), "indexes": ("index", "index_refs", "key")}
 
 
-# collection -> (stamp field, extra filter) of the rows retention prunes; TTL indexes on the same
-TTL_FILTERS: dict[str, dict[str, Any]] = {"inbox": {}, "audit": {"published": True}, "dead_letters": {}}
-INBOX_TTL_FACTOR = 2  # the inbox's TTL index is a backstop: see _create_indexes
-
-
-class MongoStore:
+class MongoStore(MongoUpkeep):
     def __init__(self, url: str, database: str = DEFAULT_DATABASE, ttl_s: Mapping[str, float] | None = None) -> None:
         """Remember where to connect; no I/O happens until the first verb. ``ttl_s`` (per
-        collection of ``TTL_FILTERS``) makes ``initialize`` create TTL indexes."""
+        collection of ``mongo_upkeep.TTL_FILTERS``) makes ``initialize`` create TTL indexes."""
         self.url = url
         self.database = database
         self.ttl_s = dict(ttl_s or {})
@@ -157,21 +155,8 @@ class MongoStore:
             self._checked = True
         return db
 
-    @staticmethod
-    def _migrate(db: Database[Any]) -> None:
-        """Documents written by an older version: aggregates get a due time of "now" (the first
-        sweep computes the real one), inbox keys the stamp retention and the TTL index need."""
-        due_now = {"$set": {"due_at": EPOCH, "doc.due_at": EPOCH.isoformat()}}
-        db.branches.update_many({"has_locks": True, "due_at": {"$exists": False}}, due_now)
-        db.indexes.update_many({"due_at": {"$exists": False}}, due_now)
-        db.inbox.update_many({"at": {"$exists": False}}, {"$set": {"at": _now()}})
-
     def _create_indexes(self, db: Database[Any]) -> None:
-        for name in _AGGREGATES:
-            db[name].create_index("due_at", name="due_at", partialFilterExpression={"due_at": {"$type": "date"}})
-        db.index_refs.create_index("key")
-        for name, only in TTL_FILTERS.items():
-            self._ttl_index(db, name, only)
+        self._create_upkeep_indexes(db)
         db.branches.create_index("has_locks", partialFilterExpression={"has_locks": True})
         db.audit.create_index([("seq", DESCENDING)])
         db.audit.create_index(
@@ -179,22 +164,6 @@ class MongoStore:
         )
         db.audit.create_index([("branch", ASCENDING), ("seq", DESCENDING)])
         db.dead_letters.create_index([("seq", DESCENDING)])
-
-    def _ttl_index(self, db: Database[Any], name: str, only: dict[str, Any]) -> None:
-        """The server deletes what retention would, on its own clock (a TTL index needs a BSON
-        date: ``at``). The inbox's expires at ``INBOX_TTL_FACTOR`` x its retention, a backstop
-        only: the TTL monitor also runs while no worker reaches the server, when batches that
-        wait for the store may still carry applied events, and the explicit prune (which holds
-        back after an outage, see ``indexgate.retention``) does the real work. An index whose
-        expiry changed is rebuilt; without a retention for the collection there is none."""
-        seconds = self.ttl_s.get(name)
-        wanted = None if seconds is None else int(seconds * (INBOX_TTL_FACTOR if name == "inbox" else 1))
-        current = db[name].index_information().get("retention_ttl")
-        if current is not None and current.get("expireAfterSeconds") != wanted:
-            db[name].drop_index("retention_ttl")
-        if wanted is not None:
-            options: dict[str, Any] = {"partialFilterExpression": only} if only else {}
-            db[name].create_index("at", name="retention_ttl", expireAfterSeconds=wanted, **options)
 
     def _col(self, name: str) -> Collection[Any]:
         """Majority writes everywhere, majority reads of aggregates: nothing a failover can undo."""
@@ -240,7 +209,7 @@ class MongoStore:
         new = state.model_copy(update={"version": state.version + 1})
         doc = new.model_dump(mode="json")
         return self._save("branches", state.branch, state.version, doc,
-                          {"has_locks": bool(new.locks), "due_at": _bson_due(new.due_at)}, audit, inbox_key)
+                          {"has_locks": bool(new.locks), "due_at": bson_due(new.due_at)}, audit, inbox_key)
 
     def load_index(self, key: str) -> IndexState | None:
         with self._call(f"load of index {key}"):
@@ -250,7 +219,7 @@ class MongoStore:
     def save_index(self, state: IndexState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
         new = state.model_copy(update={"version": state.version + 1})
         return self._save("indexes", state.key, state.version, new.model_dump(mode="json"),
-                          {"due_at": _bson_due(new.due_at)}, audit, inbox_key)
+                          {"due_at": bson_due(new.due_at)}, audit, inbox_key)
 
     def index_of(self, ref: str) -> str | None:
         with self._call(f"lookup of index reference {ref}"):
@@ -302,7 +271,7 @@ class MongoStore:
         if inbox_key is not None:  # claim the key first: a concurrent delivery loses here
             try:
                 with self._call("inbox claim"):
-                    self._col("inbox").insert_one({"_id": inbox_key, "at": _now()})
+                    self._col("inbox").insert_one({"_id": inbox_key, "at": now()})
             except StoreUnavailable as exc:
                 if isinstance(exc.__cause__, DuplicateKeyError):
                     raise DuplicateEvent(f"event {inbox_key} was already applied") from exc
@@ -332,7 +301,7 @@ class MongoStore:
             self._insert_ignoring_duplicates(self._col(ref_collection), [{"_id": r, ref_field: key} for r in refs])
             if name == "indexes":  # the references of builds the aggregate forgot go too
                 self._col(ref_collection).delete_many({ref_field: key, "_id": {"$nin": refs}})
-            self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": k, "at": _now()} for k in inbox])
+            self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": k, "at": now()} for k in inbox])
             if rows or inbox:
                 self._col(name).update_one(
                     {"_id": key},
@@ -390,17 +359,6 @@ class MongoStore:
             docs = list(self._col("branches").find({"has_locks": True}, {"doc": 1}).sort("_id", ASCENDING))
         return [BranchState.model_validate(raw["doc"]) for raw in docs]
 
-    def branches_due(self, now: datetime) -> list[str]:
-        return self._due("branches", now)
-
-    def indexes_due(self, now: datetime) -> list[str]:
-        return self._due("indexes", now)
-
-    def _due(self, name: str, now: datetime) -> list[str]:
-        with self._call(f"listing of due {name}"):
-            found = self._col(name).find({"due_at": {"$lte": now}}, {"_id": 1}).sort("due_at", ASCENDING)
-            return [raw["_id"] for raw in found]
-
     # --- audit / outbox -----------------------------------------------------------
 
     def audit(self, limit: int = 100, branch: str | None = None) -> list[AuditEntry]:
@@ -428,36 +386,6 @@ class MongoStore:
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return [DeadLetter.model_validate(raw["doc"]) for raw in self._find("dead_letters", {}, DESCENDING, limit)]
 
-    # --- retention --------------------------------------------------------------
-
-    def prune_inbox(self, before: datetime) -> int:
-        return self._prune("inbox", before)
-
-    def prune_audit(self, before: datetime) -> int:
-        return self._prune("audit", before)
-
-    def prune_dead_letters(self, before: datetime) -> int:
-        return self._prune("dead_letters", before)
-
-    def _prune(self, name: str, before: datetime) -> int:
-        """What the TTL index would delete, now (the TTL monitor runs once a minute, and
-        mongomock never runs it): one ``delete_many`` over the ``at`` index."""
-        with self._call(f"pruning {name}"):
-            return self._col(name).delete_many({**TTL_FILTERS[name], "at": {"$lt": before}}).deleted_count
-
-    def reclaim_space(self) -> None:
-        """Nothing to do: WiredTiger reuses the space of deleted documents."""
-
-    def marker(self, name: str) -> datetime | None:
-        with self._call(f"reading marker {name}"):
-            raw = self._col("meta").find_one({"_id": f"marker:{name}"})
-        return datetime.fromisoformat(raw["at"]) if raw else None  # ISO, like the aggregates: microseconds
-
-    def set_marker(self, name: str, at: datetime) -> None:
-        with self._call(f"writing marker {name}"):
-            self._col("meta").replace_one({"_id": f"marker:{name}"}, {"_id": f"marker:{name}", "at": at.isoformat()},
-                                         upsert=True)
-
     def _find(self, name: str, query: dict[str, Any], order: int, limit: int) -> Iterable[dict[str, Any]]:
         """``ORDER BY seq LIMIT n`` as SQLite reads it: 0 = nothing, negative = no limit."""
         if limit == 0:
@@ -473,18 +401,6 @@ def _refs(name: str, doc: dict[str, Any], rows: list[dict[str, Any]]) -> list[st
         named = {row["doc"].get("job_id") for row in rows if row["doc"].get("branch") == doc.get("branch")}
         return sorted({job["job_id"] for job in doc.get("jobs", [])} | named - {None})
     return sorted({ref for build in doc.get("builds", []) for ref in (build["job_id"], build["shadow_index_id"])})
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _bson_due(at: datetime | None) -> datetime | None:
-    """A due time as a BSON date (milliseconds), rounded up: never due before it is."""
-    if at is None:
-        return None
-    spare = at.microsecond % 1000
-    return at + timedelta(microseconds=1000 - spare) if spare else at
 
 
 def _audit(raw: dict[str, Any]) -> AuditEntry:

@@ -31,6 +31,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import (
@@ -49,6 +52,7 @@ from bench.common import (
 from bench.soak_store import Pruner, StoreMeter, slope as bytes_slope
 from indexgate.events.publisher import Publisher
 from indexgate.service import Service
+from indexgate.settings import Settings
 from indexgate.workers.app import create_app
 from indexgate.testing.broker_names import delete_run_names
 from indexgate.testing.processes import worker_processes
@@ -82,75 +86,106 @@ class RssSampler(threading.Thread):
             self.done.wait(SAMPLE_S)
 
 
-def run(report: Report, folder: Path, broker: str, events: int = 20_000, cycle: int = 100) -> list[float]:
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
-        print("  (psutil not installed: no soak; pip install -e '.[bench]')")
-        return []
+@dataclass
+class Soak:
+    """One soak in progress: the worker, its clients, the samplers and what was applied."""
+
+    settings: Settings
+    service: Service
+    publisher: Publisher
+    sampler: RssSampler
+    pruner: Pruner
+    cpu_meter: CpuMeter
+    applied: dict[str, int] = field(default_factory=lambda: {"n": 0})
+    marks: list[tuple[int, float]] = field(default_factory=list)  # (events applied, perf_counter)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def summarize(self, report: Report, what: str) -> None:
+        summarize(report, self.sampler, self.applied["n"], self.marks,
+                  create_app(self.settings).conf.task_soft_time_limit or 0, what, self.cpu, self.pruner)
+
+
+@contextmanager
+def soaking(folder: Path, broker: str) -> Iterator[Soak]:
+    """A real worker on ``broker`` with RSS and store sampling and retention running; the
+    samplers stop (and ``cpu`` is set) when the block ends."""
     settings = bench_settings(folder, broker)
     service = Service.from_settings(settings)
     publisher = Publisher(settings)
-    tag = uuid.uuid4().hex[:8]
-    branch = f"bench/soak-{tag}"
-    applied = {"n": 0}
-    marks: list[tuple[int, float]] = []  # (events applied, perf_counter)
-    jobs = 0
     try:
         with worker_processes(settings, count=1, concurrency=None) as procs:
-            sampler = RssSampler(procs, lambda: applied["n"], StoreMeter(settings))
-            pruner = Pruner(settings, KEEP_S, PRUNE_EVERY_S)
-            meter = CpuMeter(procs).start()
-            sampler.start()
-            pruner.start()
-            job, published, previous = None, 0, None
-            marks.append((0, time.perf_counter()))
+            applied = {"n": 0}
+            soak = Soak(settings, service, publisher, RssSampler(procs, lambda: applied["n"], StoreMeter(settings)),
+                        Pruner(settings, KEEP_S, PRUNE_EVERY_S), CpuMeter(procs).start(), applied)
+            soak.sampler.start()
+            soak.pruner.start()
             try:
-                while published < events:
-                    batch = []
-                    while len(batch) < BATCH and published < events:
-                        if job is None or published % cycle == 0:
-                            # prefork runs events in parallel, so like a funnel the soak sends the
-                            # next job's start only once the previous job's end is applied (its lock
-                            # would refuse the start) and heartbeats only once the start is
-                            for event in ([completed(job)] if job else []) + [
-                                    started(f"soak-{tag}-{jobs}", branch, ["object_type"], heartbeat_interval_s=3600)]:
-                                publisher.publish_funnel(event)
-                                wait_until(lambda: service.store.seen(event_key(event)), 60, 0.002)
-                                published += 1
-                                applied["n"] += 1
-                            job = f"soak-{tag}-{jobs}"
-                            jobs += 1
-                            continue
-                        batch.append(heartbeat(job, published, tag))
-                        published += 1
-                    for event in batch:
-                        publisher.publish_funnel(event)
-                    if previous is not None:
-                        previous.wait_all(120, 0.005)
-                        applied["n"] += len(previous.keys)
-                        marks.append((applied["n"], time.perf_counter()))
-                    previous = SeenWatcher(service.store, [event_key(e) for e in batch])
-                if previous is not None:
-                    previous.wait_all(120, 0.005)
-                    applied["n"] += len(previous.keys)
-                    marks.append((applied["n"], time.perf_counter()))
+                yield soak
             finally:
-                sampler.done.set()
-                pruner.done.set()
-                sampler.join(5)
-                pruner.join(10)
-            cpu = meter.stop()
-            state = service.store.load(branch)
-            doc_kb = len(state.model_dump_json()) / 1024 if state else 0.0
+                soak.sampler.done.set()
+                soak.pruner.done.set()
+                soak.sampler.join(5)
+                soak.pruner.join(10)
+            soak.cpu = soak.cpu_meter.stop()
     finally:
         publisher.close()
         service.store.close()
         delete_run_names(settings)
 
-    note = f"{applied['n']} events ({jobs} jobs of {cycle} events on one branch)"
-    summarize(report, sampler, applied["n"], marks, create_app(settings).conf.task_soft_time_limit or 0, note, cpu,
-              pruner)
+
+def has_psutil() -> bool:
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        print("  (psutil not installed: no soak; pip install -e '.[bench]')")
+        return False
+    return True
+
+
+def run(report: Report, folder: Path, broker: str, events: int = 20_000, cycle: int = 100) -> list[float]:
+    if not has_psutil():
+        return []
+    tag = uuid.uuid4().hex[:8]
+    branch = f"bench/soak-{tag}"
+    jobs = 0
+    with soaking(folder, broker) as soak:
+        service, publisher, applied, marks = soak.service, soak.publisher, soak.applied, soak.marks
+        job, published, previous = None, 0, None
+        marks.append((0, time.perf_counter()))
+        while published < events:
+            batch = []
+            while len(batch) < BATCH and published < events:
+                if job is None or published % cycle == 0:
+                    # prefork runs events in parallel, so like a funnel the soak sends the
+                    # next job's start only once the previous job's end is applied (its lock
+                    # would refuse the start) and heartbeats only once the start is
+                    for event in ([completed(job)] if job else []) + [
+                            started(f"soak-{tag}-{jobs}", branch, ["object_type"], heartbeat_interval_s=3600)]:
+                        publisher.publish_funnel(event)
+                        wait_until(lambda: service.store.seen(event_key(event)), 60, 0.002)
+                        published += 1
+                        applied["n"] += 1
+                    job = f"soak-{tag}-{jobs}"
+                    jobs += 1
+                    continue
+                batch.append(heartbeat(job, published, tag))
+                published += 1
+            for event in batch:
+                publisher.publish_funnel(event)
+            if previous is not None:
+                previous.wait_all(120, 0.005)
+                applied["n"] += len(previous.keys)
+                marks.append((applied["n"], time.perf_counter()))
+            previous = SeenWatcher(service.store, [event_key(e) for e in batch])
+        if previous is not None:
+            previous.wait_all(120, 0.005)
+            applied["n"] += len(previous.keys)
+            marks.append((applied["n"], time.perf_counter()))
+        state = service.store.load(branch)
+        doc_kb = len(state.model_dump_json()) / 1024 if state else 0.0
+
+    sampler, applied, marks = soak.sampler, soak.applied, soak.marks
+    soak.summarize(report, f"{applied['n']} events ({jobs} jobs of {cycle} events on one branch)")
     report.add(Figure("soak: events/s, last fifth of the events", _rate(marks, applied["n"], 0.8, 1.0), "ev/s",
                       "events/s, first fifth", _rate(marks, applied["n"], 0.0, 0.2), "informational", True,
                       f"{jobs} jobs cycled on one branch; its aggregate, rewritten by every event, was "

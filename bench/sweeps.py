@@ -18,10 +18,12 @@ set), at each size:
 - the **permission check** (one aggregate read) on a random locked branch, p50, beside a
   bare read of the same row, and compared with the smallest size.
 
-The branches are set up through the real use case (``Service.acquire``) on the same file
-opened with synchronous=OFF, so setting up 100,000 branches takes about a minute, not the
-fsync'ed minutes it would; the measurements use the store as shipped. The service clock is
-a test clock: every lock is one hour from any deadline unless it belongs to a due round.
+Each size has a store of its own, set up through the real use case (``Service.acquire``) on
+its file opened with synchronous=OFF (100,000 branches in about half a minute, not the
+fsync'ed minutes it would take); the measurements use the store as shipped, and each one
+runs over the sizes in turn, again and again, so drift on the shared machine hits every
+size alike. The service clock is a test clock: every lock is an hour from any deadline
+unless it belongs to a due round.
 """
 
 from __future__ import annotations
@@ -77,17 +79,60 @@ def heartbeat_sweep(service: Service) -> int:
 
 
 def full_scan(service: Service) -> None:
-    """The heartbeat sweep before due times: every locked branch loaded, its rule applied."""
+    """The heartbeat sweep before due times (main before them): every locked branch loaded,
+    its rule applied (nothing changes, so nothing is written)."""
     for state in service.store.branches_with_locks():
         service._mutate(state.branch, lambda s, now: locks.sweep(s, now, service.policy, HB), Origin(actor=SWEEPER))
 
 
+@dataclass
+class Sized:
+    """One store of ``size`` locked branches, its due rounds, and what was measured on it."""
+
+    size: int
+    service: Service  # on the store as shipped (COMMITs timed apart on SQLite)
+    bulk: list[str]  # the locked branches due for nothing
+    rounds: list[datetime]  # when each due round is due
+    got: dict[str, list[float]]
+
+
 def run(report: Report, folder: Path, broker: str, sizes: tuple[int, ...] = SIZES) -> dict[int, dict[str, float]]:
-    settings = bench_settings(folder, broker)
     clock = Clock()
-    policy = policy_from(settings)
+    stores = [_build(folder / f"size-{size}", broker, size, clock) for size in sizes]
     mongo = bool(os.environ.get("MONGODB_URL"))
-    if mongo:
+    clock.now = T0 + timedelta(seconds=0.5)  # nothing due anywhere
+    for one in stores:
+        heartbeat_sweep(one.service)  # warm the connection and caches
+    for _ in range(QUIET_RUNS):  # every measurement interleaved over the sizes: drift hits all alike
+        for one in stores:
+            one.got["quiet"].append(_ms(lambda: heartbeat_sweep(one.service)))
+    for one in stores:
+        one.got["scan"].append(_ms(lambda: full_scan(one.service)))
+    for part in range(10):
+        for one in stores:
+            check, bare = _checks(one.service, one.bulk, CHECKS // 10)
+            one.got["check"] += check
+            one.got["bare"] += bare
+    for r in range(ROUNDS):
+        for one in stores:
+            clock.now = one.rounds[r]
+            whole, outside = _due_round(one.service)
+            one.got["per_due"].append(whole)
+            one.got["outside"].append(outside)
+    results = {one.size: _summary(one) for one in stores}
+    _report(report, results, mongo)
+    for one in stores:
+        one.service.store.close()
+    return results
+
+
+def _build(folder: Path, broker: str, size: int, clock: Clock) -> Sized:
+    """A store with ``size`` locked branches: ``ROUNDS`` rounds of ``DUE_PER_ROUND`` that die
+    one after the other (round r at T0 + 10 (r + 1) + 3 s), the rest an hour from any deadline."""
+    t0 = time.monotonic()
+    settings = bench_settings(folder, broker)
+    policy = policy_from(settings)
+    if os.environ.get("MONGODB_URL"):
         shipped = setup = Service(open_store(settings), policy, clock=clock)
     else:
         from indexgate.store.sqlite import SqliteStore
@@ -95,65 +140,51 @@ def run(report: Report, folder: Path, broker: str, sizes: tuple[int, ...] = SIZE
         path = Path(settings.resolved_store_url[len("sqlite:///"):])
         shipped = Service(profiled_sqlite_store(path), policy, clock=clock)  # as shipped, COMMITs timed apart
         setup = Service(SqliteStore(path, synchronous="OFF"), policy, clock=clock)
-    results: dict[int, dict[str, float]] = {}
-    have, base = 0, T0
-    bulk_names: list[str] = []  # the locked branches that are due for nothing
-    for size in sizes:
-        t_setup = time.monotonic()
-        clock.now = base
-        bulk = size - ROUNDS * DUE_PER_ROUND - have  # this size's due rounds count among its branches
-        for n in range(have, have + bulk):
-            _lock(setup, f"bench/b{n:06d}", f"j{n}", 3600)
-            bulk_names.append(f"bench/b{n:06d}")
-        have += bulk
-        rounds = []
-        for r in range(ROUNDS):  # round r dies at base + 10 (r + 1) + 3 s; no other lock is due then
-            clock.now = base + timedelta(seconds=10 * (r + 1))
-            names = [f"bench/due-{size}-{r}-{i}" for i in range(DUE_PER_ROUND)]
-            for i, name in enumerate(names):
-                _lock(setup, name, f"due-{size}-{r}-{i}", 1)
-            rounds.append(clock.now + timedelta(seconds=3.5))
-        have += ROUNDS * DUE_PER_ROUND
-        setup_s = time.monotonic() - t_setup
-
-        clock.now = base + timedelta(seconds=0.5)  # nothing due anywhere
-        heartbeat_sweep(shipped)  # warm the connection and caches
-        quiet = statistics.median(_ms(lambda: heartbeat_sweep(shipped)) for _ in range(QUIET_RUNS))
-        scan = statistics.median(_ms(lambda: full_scan(shipped)) for _ in range(1 if size >= 50_000 else 3))
-        per_due, outside = [], []
-        for due_at in rounds:
-            clock.now = due_at
-            released: list[int] = []
-            commit_s = getattr(shipped.store, "commit_s", 0.0)
-            elapsed = _ms(lambda: released.append(heartbeat_sweep(shipped)))
-            if released[0] != DUE_PER_ROUND:
-                raise RuntimeError(f"the due round released {released[0]} locks, not {DUE_PER_ROUND}")
-            per_due.append(elapsed / DUE_PER_ROUND)
-            commits_ms = (getattr(shipped.store, "commit_s", 0.0) - commit_s) * 1000
-            outside.append((elapsed - commits_ms) / DUE_PER_ROUND)
-        clock.now = base + timedelta(seconds=0.5)
-        check, bare = _checks(shipped, settings, random.sample(bulk_names, 50))
-        results[size] = {"quiet_ms": quiet, "scan_ms": scan, "per_due_ms": statistics.median(per_due),
-                         "per_due_outside_ms": statistics.median(outside),
-                         "check_p50_ms": check["p50"], "check_p99_ms": check["p99"], "bare_p50_ms": bare["p50"],
-                         "setup_s": setup_s, "locked": have}
-        print(f"  {size} branches: set up in {setup_s:.0f} s", flush=True)
-        base += timedelta(seconds=10 * ROUNDS + 60)
-    _report(report, results, mongo)
-    shipped.store.close()
-    setup.store.close()
-    return results
+    clock.now = T0
+    bulk = [f"bench/b{n:06d}" for n in range(size - ROUNDS * DUE_PER_ROUND)]
+    for n, name in enumerate(bulk):
+        _lock(setup, name, f"j{n}", 3600)
+    rounds = []
+    for r in range(ROUNDS):
+        clock.now = T0 + timedelta(seconds=10 * (r + 1))
+        for i in range(DUE_PER_ROUND):
+            _lock(setup, f"bench/due-{r}-{i}", f"due-{r}-{i}", 1)
+        rounds.append(clock.now + timedelta(seconds=3.5))
+    if setup is not shipped:
+        setup.store.close()
+    print(f"  {size} branches: set up in {time.monotonic() - t0:.0f} s", flush=True)
+    return Sized(size, shipped, bulk, rounds, {k: [] for k in ("quiet", "scan", "check", "bare", "per_due", "outside")})
 
 
-def _checks(service: Service, settings, branches: list[str]) -> tuple[dict, dict]:
+def _due_round(service: Service) -> tuple[float, float]:
+    """One sweep releasing a due round: ms per lock, whole and outside the COMMITs."""
+    released: list[int] = []
+    commit_s = getattr(service.store, "commit_s", 0.0)
+    elapsed = _ms(lambda: released.append(heartbeat_sweep(service)))
+    if released[0] != DUE_PER_ROUND:
+        raise RuntimeError(f"the due round released {released[0]} locks, not {DUE_PER_ROUND}")
+    commits_ms = (getattr(service.store, "commit_s", 0.0) - commit_s) * 1000
+    return elapsed / DUE_PER_ROUND, (elapsed - commits_ms) / DUE_PER_ROUND
+
+
+def _summary(one: Sized) -> dict[str, float]:
+    got = one.got
+    check, bare = percentiles(got["check"]), percentiles(got["bare"])
+    return {"quiet_ms": statistics.median(got["quiet"]), "scan_ms": got["scan"][0],
+            "per_due_ms": statistics.median(got["per_due"]), "per_due_outside_ms": statistics.median(got["outside"]),
+            "check_p50_ms": check["p50"], "check_p99_ms": check["p99"], "bare_p50_ms": bare["p50"], "locked": one.size}
+
+
+def _checks(service: Service, branches: list[str], n: int) -> tuple[list[float], list[float]]:
+    """``n`` checks of random locked branches, and as many bare reads of their rows."""
     if os.environ.get("MONGODB_URL"):
         bare_fn = lambda b: service.store.load(b)  # noqa: E731
         conn = None
     else:
-        conn = sqlite3.connect(settings.resolved_store_url[len("sqlite:///"):], isolation_level=None)
+        conn = sqlite3.connect(service.store.path, isolation_level=None)
         bare_fn = lambda b: conn.execute("SELECT doc FROM branches WHERE branch = ?", (b,)).fetchone()  # noqa: E731
-    picks = [random.choice(branches) for _ in range(CHECKS)]
-    for b in picks[:200]:
+    picks = random.sample(branches, min(len(branches), n))
+    for b in picks[:20]:
         if service.check(b, "docs").allowed:
             raise RuntimeError(f"{b} should be locked")
         bare_fn(b)
@@ -161,7 +192,7 @@ def _checks(service: Service, settings, branches: list[str]) -> tuple[dict, dict
     bares = [_ms(lambda: bare_fn(b)) for b in picks]
     if conn is not None:
         conn.close()
-    return percentiles(checks), percentiles(bares)
+    return checks, bares
 
 
 def _report(report: Report, results: dict[int, dict[str, float]], mongo: bool) -> None:
@@ -173,8 +204,9 @@ def _report(report: Report, results: dict[int, dict[str, float]], mongo: bool) -
                           "full scan (the sweep before due times)", r["scan_ms"],
                           "< 100 ms at 100,000" if size == 100_000 else "informational",
                           r["quiet_ms"] < 100 or size != 100_000,
-                          f"median of {QUIET_RUNS} sweeps; {r['locked']:,} locked branches in the {store} store; "
-                          f"full scan: {r['scan_ms'] / r['locked'] * 1000:.1f} us per branch"))
+                          f"median of {QUIET_RUNS} sweeps (interleaved with the other sizes); {r['locked']:,} locked "
+                          f"branches in a {store} store of their own; full scan: "
+                          f"{r['scan_ms'] / r['locked'] * 1000:.1f} us per branch"))
         base = results[smallest]
         timed_apart = "" if mongo else " outside COMMIT"
         value, reference = (r["per_due_ms"], base["per_due_ms"]) if mongo else \

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     )
     ttl_sweep_interval_s: float = Field(300, description="Beat: TTL cleanup period.")
     heartbeat_sweep_interval_s: float = Field(30, description="Beat: heartbeat cleanup period.")
-    health_sweep_interval_s: float = Field(60, description="Beat: health summary period.")
+    health_sweep_interval_s: float = Field(60, description="Beat: health changes (healthy, warning, critical) period.")
     outbox_relay_interval_s: float = Field(
         10, description="Beat: re-publish outgoing events a crash left unsent."
     )

@@ -17,7 +17,6 @@ import pytest
 from indexgate.beat_schedule import RETENTION, build_schedule
 from indexgate.clock import poll, utcnow
 from indexgate.errors import ConfigError
-from indexgate.outcomes import Origin
 from indexgate.retention import RAN_AT, RetentionPolicy
 from indexgate.schemas.records import AuditEntry, AuditKind, DeadLetter
 from indexgate.service import Service

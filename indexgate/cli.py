@@ -140,11 +140,13 @@ def locks_health(lock_id: str, as_json: bool) -> None:
                "death_reason": str(v.death_reason) if v.death_reason else None,
                "seconds_since_heartbeat": v.seconds_since_heartbeat,
                "heartbeat_deadline": v.heartbeat_deadline.isoformat(),
-               "expires_at": v.lock.expires_at.isoformat()}
+               "expires_at": v.lock.expires_at.isoformat(),
+               "clock_skew_s": v.clock_skew_s, "clock_skew_beyond_bound": v.clock_skew_beyond_bound}
     if as_json:
         return emit(payload)
+    beyond = " (beyond INDEXGATE_MAX_CLOCK_SKEW_S)" if v.clock_skew_beyond_bound else ""
     click.echo(f"{lock_id}: {v.health} ({v.seconds_since_heartbeat:.1f} s since last heartbeat; "
-               f"deadline {payload['heartbeat_deadline']})")
+               f"deadline {payload['heartbeat_deadline']}; holder clock skew {v.clock_skew_s:+.1f} s{beyond})")
 
 
 @locks.command("summary")

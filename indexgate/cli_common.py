@@ -37,6 +37,8 @@ def lock_json(v: LockView) -> dict[str, Any]:
         "death_reason": str(v.death_reason) if v.death_reason else None,
         "heartbeat_deadline": v.heartbeat_deadline.isoformat(),
         "seconds_since_heartbeat": v.seconds_since_heartbeat,
+        "clock_skew_s": v.clock_skew_s,  # the holder's estimated clock skew, corrected (indexgate.skew)
+        "clock_skew_beyond_bound": v.clock_skew_beyond_bound,
     }
 
 

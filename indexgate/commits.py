@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 20
 Notify = Callable[[Sequence[AuditEntry]], None]
-Due = Callable[[Any, datetime], "datetime | None"]  # the aggregate's next due time (locks / shadows.next_due)
+Due = Callable[[Any, datetime], "datetime | None"]  # the aggregate's next due time (indexgate.due)
 _NOT_ANNOUNCED = frozenset({AuditKind.IGNORED, AuditKind.UNKNOWN_JOB})
 
 

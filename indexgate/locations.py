@@ -1,8 +1,14 @@
-"""Index locations on disk: integrity facts for validation, reachability, symlink swaps.
+"""Index locations: their kind, manifest facts for validation, symlink swaps on disk.
 
-An index location is a directory (a path or ``file://`` URL) holding the index files and a
-``manifest.json`` of ``{"record_count": N, "files": {"name": "sha256hex"}}``. This module
-does the I/O; the decisions are made in ``indexgate.shadows`` from the facts it returns.
+A location's **kind** (``kind_of``) chooses how it is verified after a switch
+(``indexgate.verifiers``): ``file`` for a local directory (an absolute or relative path
+with a ``/``, or a ``file://`` URL), its URL scheme otherwise (``http``, ``https``, ``es``,
+``s3``...), ``index-name`` for a bare name such as an Elasticsearch index or alias
+(``products-v2``: no scheme, no ``/``), ``none`` when the build gave no location.
+
+A local directory may hold a ``manifest.json`` of ``{"record_count": N, "files":
+{"name": "sha256hex"}}``; only ``INTEGRITY_CHECK`` reads it (``inspect``). This module does
+the I/O; the decisions are made in ``indexgate.shadows`` from the facts it returns.
 
 The **filesystem** switch strategy keeps ``<links_dir>/<branch>/<index_type>/current`` as a
 symlink to the active index and swaps it with ``os.replace`` of a freshly made link: a
@@ -17,31 +23,44 @@ import json
 import os
 import uuid
 from pathlib import Path
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from indexgate.shadows import LocationFacts
 
 MANIFEST = "manifest.json"
+FILE, INDEX_NAME, NO_LOCATION = "file", "index-name", "none"
+
+
+def kind_of(location: str | None) -> str:
+    """``file``, a URL scheme (lower case), ``index-name`` or ``none``: see the module docstring."""
+    if not location:
+        return NO_LOCATION
+    scheme = urlparse(location).scheme.lower()
+    if scheme and len(scheme) > 1:  # one letter: a Windows drive, i.e. a path
+        return scheme
+    return FILE if "/" in location or "\\" in location else INDEX_NAME
 
 
 def as_path(location: str | None) -> Path | None:
-    if not location:
+    """The local directory a ``file`` location names, or None for every other kind."""
+    if kind_of(location) != FILE:
         return None
+    assert location is not None
     parsed = urlparse(location)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme and len(parsed.scheme) > 1:  # es://, s3://: not a local directory
-        return None
-    return Path(location)
+    return Path(unquote(parsed.path)) if parsed.scheme.lower() == FILE else Path(location)
 
 
 def inspect(location: str | None) -> LocationFacts:
-    """Does the location exist, and do its files match its manifest?"""
+    """Does the location exist, and do its files match its manifest? (``INTEGRITY_CHECK``)"""
     path = as_path(location)
     if path is None:
-        return LocationFacts(False, False, f"location {location!r} is not a local directory")
+        return LocationFacts(False, False, f"INTEGRITY_CHECK reads {MANIFEST} in a local directory; {location!r} "
+                                           f"is a {kind_of(location)} location, which has none")
     if not path.is_dir():
         return LocationFacts(False, False, f"{path} does not exist")
+    if not (path / MANIFEST).is_file():
+        return LocationFacts(True, False, f"{path} has no {MANIFEST}: INTEGRITY_CHECK has nothing to check "
+                                          "(leave it out for directories written without one)")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         files: dict[str, str] = manifest["files"]
@@ -52,12 +71,6 @@ def inspect(location: str | None) -> LocationFacts:
         if not target.is_file() or _sha256(target) != digest:
             return LocationFacts(True, False, f"{target} is missing or does not match its checksum")
     return LocationFacts(True, True, f"{len(files)} file(s) match {MANIFEST}")
-
-
-def reachable(location: str | None) -> bool:
-    """Post-switch verification: the index can be opened (directory and manifest present)."""
-    path = as_path(location)
-    return path is not None and (path / MANIFEST).is_file()
 
 
 def write_index(path: Path, records: int) -> str:

@@ -7,7 +7,8 @@ inside a compare-and-swap loop.
 
 Expiry is computed, not stored: a lock is dead the instant ``now`` passes its TTL or its
 heartbeat deadline. Sweeps only tidy up and announce; the permission check and a new
-acquire never wait for them.
+acquire never wait for them. A heartbeat counts at the instant its funnel's ``time`` says,
+corrected for that funnel's estimated clock skew (``indexgate.skew``), never later than now.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from typing import Iterable
 
 from pydantic import BaseModel
 
+from indexgate import skew
 from indexgate.errors import InvalidRequest, LockNotFound
 from indexgate.rules import Policy, Transition
 from indexgate.schemas.records import (
     AuditEntry,
     AuditKind,
     BranchState,
+    ClockSkew,
+    EarlyEnd,
     FinishedJob,
     Health,
     JobRecord,
@@ -67,6 +71,8 @@ class LockView(BaseModel):
     death_reason: ReleaseReason | None
     heartbeat_deadline: datetime
     seconds_since_heartbeat: float
+    clock_skew_s: float  # the correction applied to the holder's event times (its clock's estimated skew)
+    clock_skew_beyond_bound: bool  # the holder's clock looks off by more than max_clock_skew_s
 
 
 # --- liveness -------------------------------------------------------------------------
@@ -109,36 +115,9 @@ def view(lock: Lock, now: datetime, policy: Policy) -> LockView:
         death_reason=death_reason(lock, now, policy),
         heartbeat_deadline=heartbeat_deadline(lock, policy),
         seconds_since_heartbeat=round((now - lock.last_heartbeat).total_seconds(), 3),
+        clock_skew_s=round(skew.correction_s(lock.clock, policy.max_clock_skew_s), 3),
+        clock_skew_beyond_bound=skew.beyond_bound(lock.clock, policy.max_clock_skew_s),
     )
-
-
-# The rules above change only at these instants; ``next_due`` evaluates them there. A
-# lock turns WARNING *after* one interval without a heartbeat: the instant on the interval
-# (rounded to a microsecond) and the one after it, whichever the rule says first.
-_TICK = timedelta(microseconds=1)
-
-
-def _moments(lock: Lock, now: datetime, policy: Policy) -> list[datetime]:
-    warning = lock.last_heartbeat + timedelta(seconds=lock.heartbeat_interval_s)
-    edges = {now, warning, warning + _TICK, lock.expires_at, heartbeat_deadline(lock, policy)}
-    return sorted(t for t in edges if t >= now)
-
-
-def lock_due(lock: Lock, now: datetime, policy: Policy) -> datetime | None:
-    """The first instant from ``now`` on at which a sweep has something to do for this lock:
-    it dies (and releases automatically) or its health differs from the one last recorded.
-    Decided by ``death_reason`` and ``health`` themselves, at the instants they can change."""
-    for moment in _moments(lock, now, policy):
-        if (lock.auto_release and death_reason(lock, moment, policy) is not None) \
-                or health(lock, moment, policy) != lock.last_health:
-            return moment
-    return None
-
-
-def next_due(state: BranchState, now: datetime, policy: Policy) -> datetime | None:
-    """When the branch next needs a sweep (``now`` if it does already), or None: the store
-    indexes it, so a sweep reads only the branches that are due, not every locked one."""
-    return min(filter(None, (lock_due(lock, now, policy) for lock in state.locks)), default=None)
 
 
 def conflicts(a: str | None, b: str | None) -> bool:
@@ -173,6 +152,7 @@ def acquire(state: BranchState, req: AcquireRequest, now: datetime, policy: Poli
                 f"limit of {policy.max_locks_per_branch} live locks per branch (INDEXGATE_MAX_LOCKS_PER_BRANCH)"),
                            limit="INDEXGATE_MAX_LOCKS_PER_BRANCH")
     ttl_s = min(req.ttl_s or policy.default_ttl_s, policy.max_ttl_s)
+    clock = skew.observe(ClockSkew(), req.event_time, now, policy.max_clock_skew_s)
     for resource_type in wanted:
         t.state.fence += 1
         lock = Lock(
@@ -188,6 +168,7 @@ def acquire(state: BranchState, req: AcquireRequest, now: datetime, policy: Poli
             auto_release=req.auto_release,
             heartbeat_interval_s=req.heartbeat_interval_s or policy.default_heartbeat_interval_s,
             last_heartbeat=now,
+            clock=clock,
         )
         t.state.locks.append(lock)
         t.note(_entry(AuditKind.ACQUIRED, now, req.holder, lock, reason=req.reason))
@@ -198,8 +179,26 @@ def acquire(state: BranchState, req: AcquireRequest, now: datetime, policy: Poli
             status=JobStatus.ACTIVE,
             holder=req.holder,
             last_event_time=req.event_time,
+            clock=clock,
         )
     )
+    return t
+
+
+def ended_before_start(state: BranchState, req: AcquireRequest, end: EarlyEnd, now: datetime,
+                       policy: Policy) -> Transition:
+    """A ``started`` whose job's end arrived first: no lock, the job is remembered as ended."""
+    t = Transition(_copy(state, now, policy))
+    known = t.state.job(req.job_id)
+    if known is not None:
+        t.note(_ignored(now, req.holder, t.state.branch, req.job_id, f"job is already {known.status}"))
+        return t
+    t.state.finished[req.job_id] = FinishedJob(status=JobStatus.ENDED, holder=req.holder, ended_at=now,
+                                               outcome=f"{end.reason} before started")
+    t.touch()
+    t.note(_ignored(now, req.holder, t.state.branch, req.job_id,
+                    f"started after its own {end.reason} (received {end.at.isoformat()}, event {end.cause}): "
+                    "the job is over, no lock taken"))
     return t
 
 
@@ -217,9 +216,11 @@ def heartbeat(state: BranchState, hb: HeartbeatUpdate, now: datetime, policy: Po
     if hb.event_time:
         job.last_event_time = hb.event_time
     _release_dead(t, now, policy, lambda lock: lock.job_id == hb.job_id)
-    beat_at = min(hb.event_time, now) if hb.event_time else now
+    job.clock = skew.observe(job.clock, hb.event_time, now, policy.max_clock_skew_s)
+    beat_at = skew.alive_at(job.clock, hb.event_time, now, policy.max_clock_skew_s)
     for lock in _job_locks(t.state, hb.job_id):
         lock.last_heartbeat = max(lock.last_heartbeat, beat_at)
+        lock.clock = job.clock
         lock.holder_status = hb.status
         lock.progress_percent = hb.progress_percent if hb.progress_percent is not None else lock.progress_percent
         lock.estimated_remaining_s = hb.estimated_remaining_s

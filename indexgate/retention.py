@@ -14,7 +14,7 @@
 - **Dead letters** for ``dead_letter_retention_s``.
 
 Finished shadow builds are forgotten by the shadow sweep when their retention ends
-(``shadows.next_due`` makes their index due then), not here. After a prune the store gives
+(``due.index_due`` makes their index due then), not here. After a prune the store gives
 the space back (``reclaim_space``); MongoDB's TTL indexes do the same pruning on the server.
 """
 

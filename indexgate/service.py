@@ -9,15 +9,16 @@ Celery tasks, beat's sweeps and the CLI all enter here; nothing bypasses it.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime
 from typing import Callable, Sequence
 
-from indexgate import locks, permissions
+from indexgate import due, early_ends, locks, permissions
 from indexgate.clock import Clock, utcnow
 from indexgate.commits import Commits, Notify
 from indexgate.errors import LimitExceeded, LockNotFound
 from indexgate.locks import AcquireRequest, HeartbeatUpdate, LockView
-from indexgate.outcomes import Origin, Outcome
+from indexgate.outcomes import Origin, Outcome, Status
 from indexgate.permissions import Decision
 from indexgate.retention import Retention, RetentionPolicy
 from indexgate.rules import Policy, Transition
@@ -41,6 +42,8 @@ def policy_from(settings: Settings) -> Policy:
         max_locks_per_branch=settings.max_locks_per_branch,
         max_builds_per_index=settings.max_builds_per_index,
         build_retention_s=settings.build_retention_s,
+        max_early_ends=settings.max_early_ends,
+        max_clock_skew_s=settings.max_clock_skew_s,
     )
 
 
@@ -78,6 +81,7 @@ class Service:
         return origin.key is not None and self.store.seen(origin.key)
 
     def start(self, data: StartedData, origin: Origin) -> Outcome:
+        """Lock for a traditional job (none if its end already arrived); register a shadow build."""
         if len(data.resource_types) > self.max_resource_types_per_event:
             raise LimitExceeded(
                 f"resource_types names {len(data.resource_types)} types; the limit is "
@@ -93,22 +97,56 @@ class Service:
             heartbeat_interval_s=data.heartbeat_interval_s,
             event_time=origin.time,
         )
-        return self.acquire(data.branch, request, origin)
+        early = early_ends.lookup(self.store, (data.job_id,), self.clock(), self.policy)
+        if early is not None:  # saved (the job is remembered as ended), yet nothing was granted
+            ended = self._mutate(data.branch, lambda s, now: locks.ended_before_start(s, request, early, now,
+                                                                                      self.policy), origin)
+            return ended if ended.status is Status.DUPLICATE else replace(ended, status=Status.IGNORED)
+        outcome = self.acquire(data.branch, request, origin)
+        if outcome.status is Status.APPLIED:
+            self._end_if_overtaken(data.branch, data.job_id)
+        return outcome
+
+    def _end_if_overtaken(self, branch: str, job_id: str) -> None:
+        """An end remembered while this start was applied (``indexgate.early_ends``) ends it now."""
+        late = early_ends.lookup(self.store, (job_id,), self.clock(), self.policy)
+        if late is not None:
+            detail = {"result": late.data, "arrived_before_started": True}
+            self._mutate(branch, lambda s, now: locks.release_job(s, job_id, late.reason, late.actor, now,
+                                                                  self.policy, detail), early_ends.origin_of(late))
 
     def heartbeat(self, data: HeartbeatData, origin: Origin) -> Outcome:
         update = HeartbeatUpdate(
             job_id=data.job_id, status=data.status, progress_percent=data.progress_percent,
             estimated_remaining_s=data.estimated_remaining_s, event_time=origin.time,
         )
-        return self._for_job(data.job_id, origin, lambda s, now: locks.heartbeat(s, update, now, self.policy),
-                             lambda: self.shadows.progress(data, origin))
+        outcome = self._for_job(data.job_id, origin, lambda s, now: locks.heartbeat(s, update, now, self.policy),
+                                lambda o: self.shadows.progress(data, o))
+        return outcome or self.commits.record_only(
+            origin, AuditKind.UNKNOWN_JOB, None, data.job_id,
+            f"heartbeat names job {data.job_id}, which has not started here (no started applied yet, or "
+            "forgotten): nothing changed")
 
     def end_job(self, data: JobEnd, reason: ReleaseReason, origin: Origin) -> Outcome:
+        """End the job; an end before its job's started is remembered (``indexgate.early_ends``)."""
         job_id = data.job_id or data.shadow_index_id or ""
         detail = {"result": data.model_dump(mode="json", exclude_none=True, exclude={"job_id", "shadow_index_id", "branch"})}
-        return self._for_job(job_id, origin, lambda s, now: locks.release_job(
-            s, job_id, reason, origin.actor, now, self.policy, detail),
-            lambda: self.shadows.finish(job_id, data, reason, origin))
+
+        def rule(state: BranchState, now: datetime) -> Transition:
+            return locks.release_job(state, job_id, reason, origin.actor, now, self.policy, detail)
+
+        def shadow(o: Origin) -> Outcome:
+            return self.shadows.finish(job_id, data, reason, o)
+
+        outcome = self._for_job(job_id, origin, rule, shadow)
+        if outcome is not None:
+            return outcome
+        remembered = early_ends.remember(self.store, job_id, data, reason, origin, self.clock(), self.policy)
+        if remembered.status is Status.DUPLICATE:
+            return remembered
+        # its start may have committed meanwhile, before it could see this end: end the job now
+        # (keyless: the event's inbox key was written with the remembered end)
+        return self._for_job(job_id, Origin(actor=origin.actor, time=origin.time), rule, shadow) or remembered
 
     # --- operators ------------------------------------------------------------------
 
@@ -162,15 +200,15 @@ class Service:
         return entries
 
     def _for_job(self, job_id: str, origin: Origin, rule: Callable[[BranchState, datetime], Transition],
-                 shadow: Callable[[], Outcome]) -> Outcome:
-        """Apply ``rule`` to the job's branch; shadow builds' jobs go to ``shadow`` instead."""
+                 shadow: Callable[[Origin], Outcome]) -> Outcome | None:
+        """Apply ``rule`` to the job's branch, or ``shadow`` to a shadow build's job; None for a
+        job this store has not seen start."""
         branch = self.store.branch_of_job(job_id)
-        if branch is None:
-            if self.store.index_of(job_id) is not None:
-                return shadow()
-            return self.commits.record_only(origin, AuditKind.UNKNOWN_JOB, None, job_id,
-                                            f"event {origin.key} names job {job_id}, which this store never saw")
-        return self._mutate(branch, rule, origin)
+        if branch is not None:
+            return self._mutate(branch, rule, origin)
+        if self.store.index_of(job_id) is not None:
+            return shadow(origin)
+        return None
 
     def _branch_of_lock(self, lock_id: str) -> str:
         return self.show(lock_id).lock.branch
@@ -179,7 +217,7 @@ class Service:
                 sweeping: bool = False) -> Outcome:
         return self.commits.cas_loop(lambda: self.store.load(branch) or BranchState(branch=branch),
                                      self.store.save, rule, origin, branch,
-                                     due=lambda s, now: locks.next_due(s, now, self.policy), sweeping=sweeping)
+                                     due=lambda s, now: due.branch_due(s, now, self.policy), sweeping=sweeping)
 
     def relay_outbox(self, limit: int = 500) -> int:
         """Publish what a crash or a broker hiccup left unannounced; returns how many."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Annotated, Literal, Mapping
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +98,23 @@ class Settings(BaseSettings):
         50, description="At most this many finished jobs are remembered per branch (newest first): every "
         "check and write reads them, so the bound keeps both fast. Exact duplicates are caught by the "
         "event inbox regardless.",
+    )
+    max_early_ends: int = Field(
+        1000, ge=1, description="At most this many job ends that arrived before their job's started are "
+        "remembered (store-wide, newest first, each for at most job_retention_s), so the late started takes "
+        "no lock.",
+    )
+    max_clock_skew_s: float = Field(
+        600, ge=0, description="A funnel clock off by up to this many seconds either way keeps its locks "
+        "alive: each job's clock offset is estimated from its events and corrected (see indexgate.skew).",
+    )
+    verify_timeout_s: float = Field(
+        2.0, gt=0, description="http(s) index locations: timeout of each post-switch HEAD/GET. It runs "
+        "inside the switch's blackout; twice it must stay below the switch claim window.",
+    )
+    verifiers: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]] = Field(
+        default_factory=dict, description='Post-switch verifiers per location kind, JSON {"es": '
+        '"package.module:callable"}; they win over the indexgate.verifiers entry points and the built-ins.',
     )
     redis_visibility_timeout_s: float = Field(
         600, description="Redis broker: a crashed worker's unacked messages come back after this. Keep it "
@@ -199,6 +216,17 @@ class Settings(BaseSettings):
                 f"limit {TASK_TIME_LIMIT_S} + store retry backoff {self.store_retry_max_s:g}, and at least 2 x "
                 f"INDEXGATE_RETENTION_INTERVAL_S {self.retention_interval_s:g} + {TASK_TIME_LIMIT_S}")
 
+    @model_validator(mode="after")
+    def _verification_fits_the_switch_claim(self) -> "Settings":
+        """HEAD, then maybe GET, run inside the unrefreshed switch lock: they must end before it dies."""
+        claim_s = self.missed_heartbeats * self.switch_lock_heartbeat_interval_s
+        if 2 * self.verify_timeout_s >= claim_s:
+            raise ValueError(
+                f"INDEXGATE_VERIFY_TIMEOUT_S={self.verify_timeout_s:g} is too long: twice it must stay below the switch "
+                f"claim window (INDEXGATE_MISSED_HEARTBEATS x INDEXGATE_SWITCH_LOCK_HEARTBEAT_INTERVAL_S = {claim_s:g} "
+                "s), or the switch lock could die during verification")
+        return self
+
     @classmethod
     def from_env(cls) -> "Settings":
         """The settings of this process's environment, or ``ConfigError`` saying which
@@ -262,5 +290,8 @@ def _readable(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
         field = ".".join(str(part) for part in err["loc"])
+        if not field:  # a rule over several settings: its message names them
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
         problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err else ""))
     return "invalid setting(s): " + "; ".join(problems)

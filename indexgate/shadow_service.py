@@ -10,9 +10,11 @@ leaves the pointer at the old index or the new one, never none):
    the blackout) and get its fencing token;
 4. swap the active pointer (old one kept as backup), carrying that token; the store
    refuses a token older than the last applied;
-5. verify the new index is reachable, or swap back (automatic rollback);
-6. release the switch lock (blackout ends), record ``switch_duration_ms`` and
-   ``blackout_ms``.
+5. verify the new location by its kind (``indexgate.verifiers``: a directory exists, an
+   http(s) URL answers 2xx, an opaque pointer is recorded ``verified: false``), or swap back
+   (automatic rollback) when a verifier says it does not answer;
+6. release the switch lock (blackout ends), record ``switch_duration_ms``,
+   ``blackout_ms`` and the verification.
 
 A crashed switcher's lock and claim both expire at the lock's heartbeat deadline, after
 which the switch can simply be requested again.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from time import perf_counter
@@ -31,9 +33,10 @@ from typing import Any, Callable, Literal, Protocol
 
 from pydantic import BaseModel
 
-from indexgate import locations, shadows
+from indexgate import due, early_ends, locations, shadows
 from indexgate.commits import Commits
 from indexgate.errors import (
+    ConfigError,
     DuplicateEvent,
     IndexgateError,
     InvalidRequest,
@@ -53,8 +56,13 @@ from indexgate.schemas.shadows import (
     IndexState,
     ShadowBuild,
     ShadowState,
+    Verification,
+    VerifyOutcome,
     index_key,
 )
+from indexgate.verifiers import Verifiers
+
+Rule = Callable[[IndexState, datetime], Transition]
 
 
 class SwitchLocks(Protocol):
@@ -78,6 +86,7 @@ class SwitchPolicy:
     max_shrink_fraction: float = 0.5
     auto_switch: bool = False
     default_index_type: str = "SEARCH_INDEX"
+    verifiers: Verifiers = field(default_factory=Verifiers)
 
     @property
     def claim_s(self) -> float:
@@ -89,7 +98,8 @@ class SwitchPolicy:
         return cls(strategy=s.switch_strategy, links_dir=s.index_links_dir or s.data_dir / "indexes",
                    lock_ttl_s=s.switch_lock_ttl_s, lock_heartbeat_interval_s=s.switch_lock_heartbeat_interval_s,
                    missed_heartbeats=s.missed_heartbeats, max_shrink_fraction=s.max_shrink_fraction,
-                   auto_switch=s.auto_switch, default_index_type=s.default_index_type)
+                   auto_switch=s.auto_switch, default_index_type=s.default_index_type,
+                   verifiers=Verifiers.from_settings(s))
 
 
 SWITCH_STATUSES = (Status.SWITCHED, Status.VALIDATION_FAILED, Status.REFUSED, Status.BRANCH_BUSY, Status.ROLLED_BACK)
@@ -105,12 +115,12 @@ class SwitchResult(BaseModel):
     fencing_token: int | None = None
     switch_duration_ms: float | None = None
     blackout_ms: float | None = None
+    verification: Verification | None = None
 
 
 class Shadows:
     def __init__(self, commits: Commits, rules: Policy, locks: SwitchLocks, policy: SwitchPolicy,
                  inspect: Callable[[str | None], shadows.LocationFacts] = locations.inspect,
-                 verify: Callable[[str | None], bool] = locations.reachable,
                  on_step: Callable[[str], None] | None = None) -> None:
         self.commits = commits
         self.store = commits.store
@@ -118,19 +128,32 @@ class Shadows:
         self.locks = locks
         self.policy = policy
         self.inspect = inspect
-        self.verify = verify
+        self.verifiers = policy.verifiers
         self.on_step = on_step
 
     # --- events -------------------------------------------------------------------------
 
     def register(self, data: StartedData, origin: Origin) -> Outcome:
+        """Register the build; one whose end already arrived is registered ended, in the same write."""
         index_type = data.index_type or self.policy.default_index_type
         request = shadows.BuildRequest(
             shadow_index_id=getattr(data, "shadow_index_id", None) or f"shadow-{data.job_id}", job_id=data.job_id,
             index_type=index_type, resource_types=tuple(data.resource_types), holder=data.service_name or origin.actor,
             heartbeat_interval_s=data.heartbeat_interval_s, event_time=origin.time)
-        return self._mutate(index_key(data.branch, index_type),
-                            lambda s, now: shadows.register(s, request, now, self.rules), origin)
+        refs = (request.job_id, request.shadow_index_id)
+        early = early_ends.lookup(self.store, refs, self.commits.clock(), self.rules)
+        rule: Rule = lambda s, now: shadows.register(s, request, now, self.rules)  # noqa: E731
+        if early is not None:
+            rule = _then(rule, self._end_rule(request.shadow_index_id, early_ends.payload(early), early.reason,
+                                              early.actor))
+        outcome = self._mutate(index_key(data.branch, index_type), rule, origin)
+        if early is not None:
+            self._after_end(request.shadow_index_id, early.reason, outcome)
+        elif outcome.status is Status.APPLIED:  # an end remembered while this start was applied ends it now
+            late = early_ends.lookup(self.store, refs, self.commits.clock(), self.rules)
+            if late is not None:
+                self.finish(request.shadow_index_id, early_ends.payload(late), late.reason, early_ends.origin_of(late))
+        return outcome
 
     def progress(self, data: HeartbeatData, origin: Origin) -> Outcome:
         return self._mutate(self._key_of(data.job_id), lambda s, now: shadows.progress(
@@ -138,19 +161,22 @@ class Shadows:
             eta_s=data.estimated_remaining_s, event_time=origin.time), origin)
 
     def finish(self, ref: str, data: JobEnd, reason: ReleaseReason, origin: Origin) -> Outcome:
-        key = self._key_of(ref)
+        outcome = self._mutate(self._key_of(ref), self._end_rule(ref, data, reason, origin.actor), origin)
+        self._after_end(ref, reason, outcome)
+        return outcome
+
+    def _end_rule(self, ref: str, data: JobEnd, reason: ReleaseReason, actor: str) -> Rule:
         if reason is ReleaseReason.COMPLETED:
-            outcome = self._mutate(key, lambda s, now: shadows.complete(
+            return lambda s, now: shadows.complete(
                 s, ref, now, self.rules, record_count=getattr(data, "record_count", None),
-                index_size_bytes=getattr(data, "index_size_bytes", None), location=getattr(data, "location", None)),
-                origin)
-            if self.policy.auto_switch and outcome.status is Status.APPLIED:
-                self._auto_switch(ref)
-            return outcome
+                index_size_bytes=getattr(data, "index_size_bytes", None), location=getattr(data, "location", None))
         to = ShadowState.FAILED if reason is ReleaseReason.FAILED else ShadowState.CANCELLED
         why = getattr(data, "error", None) or getattr(data, "reason", None) or str(reason)
-        return self._mutate(key, lambda s, now: shadows.end(s, ref, to, why, origin.actor, now, self.rules),
-                            origin)
+        return lambda s, now: shadows.end(s, ref, to, why, actor, now, self.rules)
+
+    def _after_end(self, ref: str, reason: ReleaseReason, outcome: Outcome) -> None:
+        if self.policy.auto_switch and reason is ReleaseReason.COMPLETED and outcome.status is Status.APPLIED:
+            self._auto_switch(ref)
 
     def switch_requested(self, data: SwitchRequestData, origin: Origin) -> Outcome:
         result = self.switch(data.ref, force=data.force, checks=data.validation_checks, backup=data.backup_current,
@@ -175,9 +201,15 @@ class Shadows:
             why = f"the filesystem strategy needs a local directory; {build.location!r} is not one"
             self._mutate(key, lambda s, now: _note_failure(s, ref, why, now), _origin())
             return result.model_copy(update={"status": Status.REFUSED, "detail": why})
+        try:
+            verify = self.verifiers.prepare(build.location)  # loads a plugin now, not inside the blackout
+        except ConfigError as exc:
+            why = f"post-switch verification cannot run: {exc}"
+            self._mutate(key, lambda s, now: _note_failure(s, ref, why, now), _origin())
+            return result.model_copy(update={"status": Status.REFUSED, "detail": why})
         if not force:
-            result.checks = shadows.validate(build, state.active, self.inspect(build.location), checks,
-                                             self.policy.max_shrink_fraction)
+            facts = self.inspect(build.location) if "INTEGRITY_CHECK" in checks else None
+            result.checks = shadows.validate(build, state.active, facts, checks, self.policy.max_shrink_fraction)
             failed = [c for c in result.checks if not c.passed]
             if failed:
                 why = "validation failed: " + "; ".join(f"{c.check}: {c.detail}" for c in failed)
@@ -194,10 +226,10 @@ class Shadows:
         except InvalidTransition as exc:
             return result.model_copy(update={"status": Status.REFUSED, "detail": str(exc)})
         self._step("claimed")
-        return self._locked_swap(key, build, result, backup, started)
+        return self._locked_swap(key, build, result, backup, started, verify)
 
     def _locked_swap(self, key: str, build: ShadowBuild, result: SwitchResult, backup: bool,
-                     started: float) -> SwitchResult:
+                     started: float, verify: Callable[[], Verification]) -> SwitchResult:
         ref, branch = build.shadow_index_id, build.branch
         job = f"switch-{ref}-{uuid.uuid4().hex[:8]}"
         granted = self._switch_lock(branch, job, build.resource_types, f"switching {build.index_type} to {ref}")
@@ -207,13 +239,16 @@ class Shadows:
             return result.model_copy(update={"status": Status.BRANCH_BUSY, "detail": why})
         blackout_start = perf_counter()
         self._step("locked")
-        status, detail = Status.SWITCHED, f"{ref} is active"
+        status, detail, verification = Status.SWITCHED, f"{ref} is active", None
         try:
             self._mutate(key, lambda s, now: shadows.swap(s, ref, granted, now, keep_backup=backup), _origin())
             self._step("swapped")
             self._link(build.branch, build.index_type, build.location)
-            if not self.verify(build.location):
-                status, detail = Status.ROLLED_BACK, f"{build.location} is not reachable after the switch; rolled back"
+            verification = verify()
+            detail = f"{ref} is active ({'verified' if verification.verified else 'not verified'}: {verification.reason})"
+            if verification.outcome is VerifyOutcome.FAILED:
+                status = Status.ROLLED_BACK
+                detail = f"post-switch verification of {build.location} failed: {verification.reason}; rolled back"
                 self._mutate(key, lambda s, now: shadows.undo_swap(s, ref, detail, now), _origin())
                 restored = self._load(key).active
                 self._link(build.branch, build.index_type, restored.location if restored else None)
@@ -226,9 +261,11 @@ class Shadows:
             blackout_ms = (perf_counter() - blackout_start) * 1000
         self._step("unlocked")
         switch_ms = (perf_counter() - started) * 1000
-        self._mutate(key, lambda s, now: shadows.record_switch(s, ref, switch_ms, blackout_ms, now), _origin())
+        self._mutate(key, lambda s, now: shadows.record_switch(s, ref, switch_ms, blackout_ms, now, verification),
+                     _origin())
         return result.model_copy(update={"status": status, "detail": detail, "fencing_token": granted,
-                                         "switch_duration_ms": round(switch_ms, 3), "blackout_ms": round(blackout_ms, 3)})
+                                         "switch_duration_ms": round(switch_ms, 3), "blackout_ms": round(blackout_ms, 3),
+                                         "verification": verification})
 
     def rollback(self, branch: str, index_type: str, actor: str, why: str) -> SwitchResult:
         """Re-activate the newest backup, under a switch lock, with a new fencing token."""
@@ -329,11 +366,24 @@ class Shadows:
         store = self.store
         return self.commits.cas_loop(lambda: store.load_index(key) or IndexState(branch=branch, index_type=index_type),
                                      store.save_index, rule, origin, key,
-                                     due=lambda s, now: shadows.next_due(s, now, self.rules), sweeping=sweeping)
+                                     due=lambda s, now: due.index_due(s, now, self.rules), sweeping=sweeping)
 
 
 def _origin(actor: str = SWITCHER) -> Origin:
     return Origin(actor=actor)
+
+
+def _then(first: Rule, second: Rule) -> Rule:
+    """Both rules in one write; ``second`` runs only if ``first`` changed something."""
+    def rule(state: IndexState, now: datetime) -> Transition:
+        transition = first(state, now)
+        if not transition.changed:
+            return transition
+        more = second(transition.state, now)
+        transition.state = more.state
+        transition.audit += more.audit
+        return transition
+    return rule
 
 
 def _note_failure(state: IndexState, ref: str, why: str, now: datetime) -> Transition:
@@ -354,4 +404,7 @@ def status_json(build: ShadowBuild, state: ShadowState) -> dict[str, Any]:
         "switched_at": build.switched_at.isoformat() if build.switched_at else None,
         "switch_fencing_token": build.switch_fencing_token, "switch_duration_ms": build.switch_duration_ms,
         "blackout_ms": build.blackout_ms, "failure_reason": build.failure_reason,
+        "verified": build.verification.verified if build.verification else None,
+        "verification": build.verification.model_dump(mode="json") if build.verification else None,
+        "clock": build.clock.model_dump(mode="json"),  # the funnel clock's offset estimate (indexgate.skew)
     }

@@ -7,6 +7,12 @@ abandoned by a crashed worker expires, so the switch can be retried.
 
 The pointer only moves forward in fencing order: ``swap`` refuses a token older than the
 last one applied, so a stale switcher can never clobber a newer index.
+
+Validation and verification each do only what they say: ``validate`` turns the checks asked
+for into results (``INTEGRITY_CHECK`` from the manifest facts ``indexgate.locations``
+gathered); what post-switch verification found (``indexgate.verifiers``) arrives as a
+``Verification`` and is recorded on the build, the pointer and the ``switched`` entry.
+Heartbeats count like a lock's, corrected for the funnel's clock skew (``indexgate.skew``).
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from typing import Iterable
 
 from pydantic import BaseModel
 
+from indexgate import skew
 from indexgate.errors import InvalidRequest, InvalidTransition, StaleFencingToken, SwitchClaimed
 from indexgate.rules import Policy, Transition
-from indexgate.schemas.records import AuditEntry, AuditKind
-from indexgate.schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState
+from indexgate.schemas.records import AuditEntry, AuditKind, ClockSkew
+from indexgate.schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState, Verification
 
 S = ShadowState
 LEGAL: dict[ShadowState, frozenset[ShadowState]] = {
@@ -52,7 +59,7 @@ class BuildRequest:
 
 @dataclass(frozen=True)
 class LocationFacts:
-    """What inspecting an index location found (gathered by ``indexgate.locations``)."""
+    """What reading an index location's manifest found (gathered by ``indexgate.locations``)."""
 
     exists: bool
     integrity_ok: bool
@@ -95,20 +102,6 @@ def forget_at(state: IndexState, build: ShadowBuild, policy: Policy) -> datetime
     ended = build.finished_at or max(t for t in (build.created_at, build.completed_at, build.switched_at,
                                                   build.last_heartbeat) if t)  # builds finished before the field
     return ended + timedelta(seconds=policy.build_retention_s)
-
-
-def next_due(state: IndexState, now: datetime, policy: Policy) -> datetime | None:
-    """When the shadow sweep next has something to do on this index (``now`` if it does
-    already): a build's ``effective_state`` changes, or a finished build's retention ends.
-    The store indexes it, so the sweep reads only the indexes that are due."""
-    times = []
-    for build in state.builds:
-        moments = {now, heartbeat_deadline(build, policy), build.switch_claim_expires_at}
-        changes = [t for t in sorted(m for m in moments if m and m >= now)
-                   if effective_state(build, t, policy) is not build.state]
-        forget = forget_at(state, build, policy)
-        times += changes[:1] + ([max(forget, now)] if forget else [])
-    return min(times, default=None)
 
 
 def _forget(t: Transition, now: datetime, policy: Policy, keep: int) -> None:
@@ -158,7 +151,7 @@ def register(state: IndexState, req: BuildRequest, now: datetime, policy: Policy
         shadow_index_id=req.shadow_index_id, job_id=req.job_id, branch=t.state.branch, index_type=t.state.index_type,
         resource_types=list(req.resource_types), holder=req.holder, created_at=now, last_heartbeat=now,
         heartbeat_interval_s=req.heartbeat_interval_s or policy.default_heartbeat_interval_s,
-        last_event_time=req.event_time,
+        last_event_time=req.event_time, clock=skew.observe(ClockSkew(), req.event_time, now, policy.max_clock_skew_s),
     )
     t.state.builds.append(build)
     t.note(_entry(AuditKind.SHADOW_STATE, now, req.holder, t.state, build, "registered", to=S.PREPARING))
@@ -182,7 +175,9 @@ def progress(state: IndexState, ref: str, now: datetime, policy: Policy, *, perc
         t.note(_entry(AuditKind.IGNORED, now, build.holder, t.state, build, "stale heartbeat (older than one applied)"))
         return t
     build.last_event_time = event_time or build.last_event_time
-    build.last_heartbeat = max(build.last_heartbeat, min(event_time, now) if event_time else now)
+    build.clock = skew.observe(build.clock, event_time, now, policy.max_clock_skew_s)
+    build.last_heartbeat = max(build.last_heartbeat, skew.alive_at(build.clock, event_time, now,
+                                                                   policy.max_clock_skew_s))
     build.build_progress_percent = percent if percent is not None else build.build_progress_percent
     build.record_count = record_count if record_count is not None else build.record_count
     build.estimated_remaining_s = eta_s
@@ -307,17 +302,24 @@ def rollback(state: IndexState, token: int, operator: str, why: str, now: dateti
     return t
 
 
-def record_switch(state: IndexState, ref: str, switch_ms: float, blackout_ms: float, now: datetime) -> Transition:
+def record_switch(state: IndexState, ref: str, switch_ms: float, blackout_ms: float, now: datetime,
+                  verification: Verification | None = None) -> Transition:
+    """Durations and the verification, on the build, on the pointer it set, and announced."""
     t = Transition(_copy(state))
     build = _get(t.state, ref)
     build.switch_duration_ms = round(switch_ms, 3)
     build.blackout_ms = round(blackout_ms, 3)
+    build.verification = verification or build.verification
+    if verification and t.state.active and t.state.active.shadow_index_id == build.shadow_index_id:
+        t.state.active = t.state.active.model_copy(update={"verification": verification})
     kind = AuditKind.SWITCHED if build.state is S.ACTIVE else AuditKind.SWITCH_FAILED
+    checked = ({"verified": verification.verified, "verification": verification.model_dump(mode="json")}
+               if verification else {})
     t.note(_entry(kind, now, "indexgate-switch", t.state, build,
                   f"switch {'done' if kind is AuditKind.SWITCHED else 'failed'} in {switch_ms:.1f} ms, "
                   f"writes blocked {blackout_ms:.1f} ms",
                   switch_duration_ms=build.switch_duration_ms, blackout_ms=build.blackout_ms,
-                  fencing_token=build.switch_fencing_token, location=build.location))
+                  fencing_token=build.switch_fencing_token, location=build.location, **checked))
     return t
 
 
@@ -339,8 +341,9 @@ def sweep(state: IndexState, now: datetime, policy: Policy) -> Transition:
 # --- validation -----------------------------------------------------------------------
 
 
-def validate(build: ShadowBuild, active: IndexPointer | None, facts: LocationFacts, checks: Iterable[str],
+def validate(build: ShadowBuild, active: IndexPointer | None, facts: LocationFacts | None, checks: Iterable[str],
              max_shrink_fraction: float) -> list[CheckResult]:
+    """The asked checks only; ``facts`` (the manifest's) are needed only for ``INTEGRITY_CHECK``."""
     results = []
     for check in checks:
         if check == "RECORD_COUNT_VALIDATION":
@@ -349,7 +352,8 @@ def validate(build: ShadowBuild, active: IndexPointer | None, facts: LocationFac
         elif check == "SIZE_COMPARISON":
             results.append(_size_check(build, active, max_shrink_fraction))
         elif check == "INTEGRITY_CHECK":
-            results.append(CheckResult(check=check, passed=facts.exists and facts.integrity_ok, detail=facts.detail))
+            passed = facts is not None and facts.exists and facts.integrity_ok
+            results.append(CheckResult(check=check, passed=passed, detail=facts.detail if facts else "not inspected"))
         else:
             results.append(CheckResult(check=check, passed=False, detail=f"unknown check; known: {', '.join(CHECKS)}"))
     return results

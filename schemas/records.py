@@ -58,6 +58,20 @@ class AuditKind(StrEnum):
     ROLLED_BACK = "rolled_back"  # the previous index is active again
 
 
+class ClockSkew(_Record):
+    """What a job's events told about its funnel's clock (``indexgate.skew`` has the rule).
+
+    ``offset_s`` is the largest believed ``time - received`` of the job's events (its clock's
+    skew minus the least transit seen), ``last_offset_s`` the latest event's, believed or not.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    offset_s: float | None = None
+    last_offset_s: float | None = None
+    observations: int = 0
+
+
 class Lock(_Record):
     """One granted lock on ``(branch, resource_type)``; ``resource_type=None`` = branch-wide."""
 
@@ -78,6 +92,7 @@ class Lock(_Record):
     estimated_remaining_s: float | None = None
     holder_status: str | None = None
     last_health: Health = Health.HEALTHY
+    clock: ClockSkew = Field(default_factory=ClockSkew)  # the job's, as of its latest event
 
 
 class JobStatus(StrEnum):
@@ -96,6 +111,26 @@ class JobRecord(_Record):
     last_event_time: datetime | None = None
     ended_at: datetime | None = None
     outcome: str | None = None
+    clock: ClockSkew = Field(default_factory=ClockSkew)
+
+
+class EarlyEnd(_Record):
+    """A job's end (completed / failed / cancelled) that arrived before its ``started``.
+
+    Kept by job id (the branch may be unknown: ``branch`` is optional in end events) for at
+    most ``job_retention_s`` and ``max_early_ends`` entries, so the late ``started`` takes no
+    lock. ``data`` is the end's payload, replayed on a shadow build that starts late.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    job_id: str
+    reason: ReleaseReason
+    at: datetime  # when the end arrived
+    actor: str
+    branch: str | None = None
+    cause: str | None = None  # the ``source|id`` of the end event
+    data: dict[str, Any] = Field(default_factory=dict)
 
 
 class FinishedJob(_Record):
@@ -124,7 +159,7 @@ class BranchState(_Record):
     jobs: list[JobRecord] = Field(default_factory=list)  # active
     finished: dict[str, FinishedJob] = Field(default_factory=dict)
     # the earliest instant a sweep has something to do here (a lock dies, its health
-    # changes); None = nothing. Set at every save by ``locks.next_due``; the store indexes
+    # changes); None = nothing. Set at every save by ``due.branch_due``; the store indexes
     # it so sweeps read only what is due (``Store.branches_due``)
     due_at: datetime | None = None
 

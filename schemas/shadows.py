@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from indexgate.schemas.records import ClockSkew
 
 
 class ShadowState(StrEnum):
@@ -26,6 +28,27 @@ class ShadowState(StrEnum):
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class VerifyOutcome(StrEnum):
+    VERIFIED = "verified"  # a verifier for the location's kind checked it: it answers
+    FAILED = "failed"  # a verifier checked it and it does not answer: the switch is rolled back
+    NO_VERIFIER = "no_verifier"  # nothing can check this kind (an opaque pointer): switched, unverified
+
+
+class Verification(_Record):
+    """What post-switch verification said about a location (``indexgate.verifiers``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    kind: str  # file, http, https, es, index-name, ... (``indexgate.locations.kind_of``)
+    outcome: VerifyOutcome
+    reason: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def verified(self) -> bool:
+        return self.outcome is VerifyOutcome.VERIFIED
 
 
 class ShadowBuild(_Record):
@@ -54,6 +77,8 @@ class ShadowBuild(_Record):
     blackout_ms: float | None = None
     switched_at: datetime | None = None
     finished_at: datetime | None = None  # when it became FAILED / CANCELLED / CLEANUP (retention counts from it)
+    verification: Verification | None = None  # of the last switch of this build
+    clock: ClockSkew = Field(default_factory=ClockSkew)
 
     @property
     def switch_ready(self) -> bool:
@@ -69,6 +94,7 @@ class IndexPointer(_Record):
     fencing_token: int
     record_count: int | None = None
     index_size_bytes: int | None = None
+    verification: Verification | None = None  # None until recorded (just after the switch lock is released)
 
 
 class IndexState(_Record):
@@ -82,7 +108,7 @@ class IndexState(_Record):
     pointer_token: int = 0  # highest fencing token a pointer update carried
     # the earliest instant the shadow sweep has something to do here (a build's deadline, a
     # claim's expiry, a finished build's retention); None = nothing. Set at every save by
-    # ``shadows.next_due``; the store indexes it (``Store.indexes_due``)
+    # ``due.index_due``; the store indexes it (``Store.indexes_due``)
     due_at: datetime | None = None
 
     @property

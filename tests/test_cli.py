@@ -38,7 +38,7 @@ LOCK_FIELDS = {
     "lock_id", "branch", "resource_type", "holder", "job_id", "reason", "kind", "fencing_token", "acquired_at",
     "expires_at", "auto_release", "heartbeat_interval_s", "last_heartbeat", "progress_percent",
     "estimated_remaining_s", "holder_status", "last_health", "health", "in_force", "death_reason",
-    "heartbeat_deadline", "seconds_since_heartbeat",
+    "heartbeat_deadline", "seconds_since_heartbeat", "clock", "clock_skew_s", "clock_skew_beyond_bound",
 }
 
 

@@ -1,4 +1,4 @@
-"""Due times, pure: ``locks.next_due`` / ``shadows.next_due`` say exactly when a sweep next
+"""Due times, pure: ``due.branch_due`` / ``due.index_due`` say exactly when a sweep next
 has something to do, as the liveness rules themselves (``death_reason``, ``health``,
 ``effective_state``, retention) decide it - checked against those functions at many
 instants, so a change to them that the due times do not follow fails here."""
@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexgate import locks, shadows
+from indexgate import due as dues, locks, shadows
 from indexgate.rules import Policy
 from indexgate.schemas.records import BranchState, Health, Lock
 from indexgate.schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState as S
@@ -52,7 +52,7 @@ def instants(start: datetime, end: datetime, lock: Lock) -> list[datetime]:
 def test_lock_due_is_the_first_instant_a_sweep_has_work(interval, ttl, beat, now_s, health, auto):
     lock = a_lock(interval, ttl, min(beat, ttl), health, auto)
     now = at(now_s)
-    due = locks.lock_due(lock, now, POLICY)
+    due = dues.lock_due(lock, now, POLICY)
     horizon = due if due is not None else now + timedelta(days=30)
     assert all(not work_for_a_sweep(lock, t) for t in instants(now, horizon, lock))
     if due is not None:
@@ -61,24 +61,24 @@ def test_lock_due_is_the_first_instant_a_sweep_has_work(interval, ttl, beat, now
 
 def test_a_heartbeating_lock_is_next_due_when_it_turns_warning():
     lock = a_lock(interval_s=60, beat_s=0)
-    due = locks.lock_due(lock, at(10), POLICY)
+    due = dues.lock_due(lock, at(10), POLICY)
     assert due == at(60) + US  # WARNING only *after* one interval without a heartbeat
     assert locks.health(lock, due, POLICY) is Health.WARNING
 
 
 def test_a_recorded_warning_is_next_due_at_death_and_a_recorded_death_never():
     warned = a_lock(interval_s=60, health=Health.WARNING)
-    assert locks.lock_due(warned, at(90), POLICY) == locks.heartbeat_deadline(warned, POLICY) == at(180)
+    assert dues.lock_due(warned, at(90), POLICY) == locks.heartbeat_deadline(warned, POLICY) == at(180)
     kept = a_lock(interval_s=60, health=Health.CRITICAL, auto_release=False)  # in force until an operator acts
-    assert locks.lock_due(kept, at(500), POLICY) is None
+    assert dues.lock_due(kept, at(500), POLICY) is None
     recovered = a_lock(interval_s=60, beat_s=100, health=Health.WARNING)  # a heartbeat came since
-    assert locks.lock_due(recovered, at(101), POLICY) == at(101)  # the health sweep has a change to record now
+    assert dues.lock_due(recovered, at(101), POLICY) == at(101)  # the health sweep has a change to record now
 
 
 def test_the_branch_is_due_at_its_soonest_lock_and_never_without_locks():
     state = BranchState(branch="b", locks=[a_lock(ttl_s=30), a_lock(interval_s=600)])
-    assert locks.next_due(state, T0, POLICY) == at(30)
-    assert locks.next_due(BranchState(branch="b"), T0, POLICY) is None
+    assert dues.branch_due(state, T0, POLICY) == at(30)
+    assert dues.branch_due(BranchState(branch="b"), T0, POLICY) is None
 
 
 # --- shadow builds -----------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_index_due_is_the_first_instant_the_shadow_sweep_has_work(kind, beat, cl
     build = a_build("s1", kind, beat, claim if kind is S.SWITCHING else None, finished)
     state = IndexState(branch="b", index_type="SEARCH", builds=[build], backups=[pointer("s1")] if backup else [])
     now = at(now_s)
-    due = shadows.next_due(state, now, POLICY)
+    due = dues.index_due(state, now, POLICY)
     end = due if due is not None else now + timedelta(days=30)
     probes = [now + (end - now) * (i / 200) for i in range(200)]
     assert all(not shadow_work(state, t) for t in probes if t < end)
@@ -120,7 +120,7 @@ def test_index_due_is_the_first_instant_the_shadow_sweep_has_work(kind, beat, cl
 def test_finished_builds_are_due_at_their_retention_but_active_and_backups_never():
     state = IndexState(branch="b", index_type="SEARCH", active=pointer("live"), backups=[pointer("old")], builds=[
         a_build("live", S.ACTIVE), a_build("old", S.CLEANUP, finished_s=5), a_build("bad", S.FAILED, finished_s=10)])
-    assert shadows.next_due(state, at(20), POLICY) == at(10 + 3600)  # "bad" only
+    assert dues.index_due(state, at(20), POLICY) == at(10 + 3600)  # "bad" only
     swept = shadows.sweep(state, at(10 + 3600), POLICY)
     assert [b.shadow_index_id for b in swept.state.builds] == ["live", "old"] and swept.changed
-    assert shadows.next_due(swept.state, at(10 + 3600), POLICY) is None
+    assert dues.index_due(swept.state, at(10 + 3600), POLICY) is None

@@ -178,12 +178,15 @@ def test_silent_build_is_failed_exactly_at_its_deadline_and_sweep_records_it() -
 
 
 def test_progress_moves_preparing_to_building_and_updates_counters() -> None:
-    t = shadows.progress(registered(), "shadow-1", at(5), POLICY, percent=40.0, record_count=4000, eta_s=12.0,
+    prompt_start = shadows.register(fresh(), request("shadow-1", "job-shadow-1", event_time=T0), T0, POLICY).state
+    t = shadows.progress(prompt_start, "shadow-1", at(5), POLICY, percent=40.0, record_count=4000, eta_s=12.0,
                          event_time=at(4))
     build = t.state.build("shadow-1")
     assert build.state is S.BUILDING
     assert (build.build_progress_percent, build.record_count, build.estimated_remaining_s) == (40.0, 4000, 12.0)
+    # the start arrived at once, so the funnel's clock is right: the heartbeat counts when it was sent
     assert build.last_heartbeat == at(4) and build.last_event_time == at(4)
+    assert build.clock.offset_s == 0 and build.clock.last_offset_s == -1
     t2 = shadows.progress(t.state, "shadow-1", at(6), POLICY, percent=None, record_count=None, eta_s=None,
                           event_time=None)
     assert t2.state.build("shadow-1").build_progress_percent == 40.0 and t2.state.build("shadow-1").record_count == 4000

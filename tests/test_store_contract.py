@@ -25,9 +25,11 @@ from indexgate.schemas.records import (
     AuditKind,
     BranchState,
     DeadLetter,
+    EarlyEnd,
     JobRecord,
     JobStatus,
     Lock,
+    ReleaseReason,
 )
 from indexgate.schemas.shadows import IndexPointer, IndexState, ShadowBuild, ShadowState
 
@@ -436,3 +438,36 @@ def test_mongo_store_creation_does_no_io() -> None:
     lazy = MongoStore.from_url("mongodb://db.invalid:27017/things")
     assert lazy.database == "things" and lazy._client is None
     assert MongoStore.from_url("mongodb://h1,h2/?replicaSet=rs").database == "indexgate"
+
+
+# --- early job ends -----------------------------------------------------------------------
+
+
+def an_early_end(job_id: str, second: int = 0, reason: ReleaseReason = ReleaseReason.COMPLETED) -> EarlyEnd:
+    return EarlyEnd(job_id=job_id, reason=reason, at=T0 + timedelta(seconds=second), actor="funnel", cause=f"src|{job_id}",
+                    data={"job_id": job_id, "record_count": second})
+
+
+def test_an_early_end_round_trips_with_its_audit_and_inbox_key(store: Store) -> None:
+    end = an_early_end("job-7", 5)
+    store.remember_end(end, [an_entry(None, 1, AuditKind.UNKNOWN_JOB, published=True)], "src|end-7", 10, T0)
+    assert store.early_end("job-7", T0) == end
+    assert store.early_end("job-8", T0) is None
+    assert store.seen("src|end-7") and [e.kind for e in store.audit()] == [AuditKind.UNKNOWN_JOB]
+    with pytest.raises(DuplicateEvent):
+        store.remember_end(end, [], "src|end-7", 10, T0)
+
+
+def test_the_first_early_end_of_a_job_wins(store: Store) -> None:
+    store.remember_end(an_early_end("job-1", 1, ReleaseReason.FAILED), [], None, 10, T0)
+    store.remember_end(an_early_end("job-1", 2, ReleaseReason.COMPLETED), [], None, 10, T0)
+    assert store.early_end("job-1", T0).reason is ReleaseReason.FAILED
+
+
+def test_early_ends_are_bounded_by_count_and_age(store: Store) -> None:
+    for n in range(5):
+        store.remember_end(an_early_end(f"job-{n}", n), [], None, 3, T0)
+    assert [n for n in range(5) if store.early_end(f"job-{n}", T0)] == [2, 3, 4]  # the newest 3
+    assert store.early_end("job-2", T0 + timedelta(seconds=3)) is None  # older than asked: forgotten
+    store.remember_end(an_early_end("job-9", 9), [], None, 3, T0 + timedelta(seconds=4))
+    assert [n for n in (2, 3, 4, 9) if store.early_end(f"job-{n}", T0)] == [4, 9]  # pruned by age too

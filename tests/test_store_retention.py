@@ -123,7 +123,7 @@ def test_prune_dead_letters_by_age(store: Store) -> None:
 
 
 def test_pruning_more_than_one_chunk(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("indexgate.store.sqlite.PRUNE_CHUNK", 3)
+    monkeypatch.setattr("indexgate.store.sqlite_upkeep.PRUNE_CHUNK", 3)
     store.record([an_entry(minute=m, published=True) for m in range(10)])
     assert store.prune_audit(T0 + timedelta(minutes=8)) == 8
     assert len(store.audit(100)) == 2

@@ -23,6 +23,7 @@ from indexgate.service import Outcome, Service
 from indexgate.shadow_service import SwitchPolicy
 from indexgate.store.sqlite import SqliteStore
 from indexgate.schemas.records import AuditEntry, AuditKind
+from indexgate.verifiers import Verifiers
 from tests.conftest import FIXTURES
 
 BRANCH = "feature/user-schema"
@@ -149,6 +150,11 @@ def test_cancel_a_building_build(service: Service, how: str) -> None:
 # --- validation blocks the switch -------------------------------------------------------
 
 
+def gone(location: str) -> tuple[bool, str]:
+    """A deployment's verifier for directories that finds the index gone."""
+    return False, f"{location} cannot be opened"
+
+
 def _corrupt(tmp_path: Path, job: str) -> None:
     (tmp_path / "idx" / job / "records.jsonl").write_text('{"id": "tampered"}\n')
 
@@ -186,7 +192,7 @@ def test_verification_failure_rolls_back_automatically(service: Service, tmp_pat
     old = active(service, tmp_path, "job-old")
     old_token = service.shadows.current(BRANCH, INDEX).fencing_token
     new = built(service, tmp_path, "job-new")
-    service.shadows.verify = lambda location: False
+    service.shadows.verifiers = Verifiers(custom={"file": gone})
     result = service.shadows.switch(new)
     assert result.status == "rolled_back"
     pointer = service.shadows.current(BRANCH, INDEX)
@@ -199,7 +205,7 @@ def test_verification_failure_rolls_back_automatically(service: Service, tmp_pat
 def test_verification_failure_without_backup_keeps_old_index(service: Service, tmp_path: Path) -> None:
     old = active(service, tmp_path, "job-old")
     new = built(service, tmp_path, "job-new")
-    service.shadows.verify = lambda location: False
+    service.shadows.verifiers = Verifiers(custom={"file": gone})
     assert service.shadows.switch(new, backup=False).status == "rolled_back"
     assert current_id(service) == old
 
@@ -327,7 +333,7 @@ def test_filesystem_verification_failure_points_current_back_at_old(tmp_path: Pa
     folder = locations.link_dir(tmp_path / "links", BRANCH, INDEX)
     old = active(service, tmp_path, "job-old")
     new = built(service, tmp_path, "job-new")
-    service.shadows.verify = lambda location: False
+    service.shadows.verifiers = Verifiers(custom={"file": gone})
     assert service.shadows.switch(new).status == "rolled_back" and current_id(service) == old
     assert os.path.realpath(folder / "current") == os.path.realpath(tmp_path / "idx" / "job-old")
 
@@ -335,7 +341,7 @@ def test_filesystem_verification_failure_points_current_back_at_old(tmp_path: Pa
 def test_filesystem_failed_first_switch_leaves_no_current_link(tmp_path: Path) -> None:
     service = make_service(tmp_path, strategy="filesystem", links_dir=tmp_path / "links")
     ref = built(service, tmp_path, "job-1")
-    service.shadows.verify = lambda location: False
+    service.shadows.verifiers = Verifiers(custom={"file": gone})
     assert service.shadows.switch(ref).status == "rolled_back" and current_id(service) is None
     assert not (locations.link_dir(tmp_path / "links", BRANCH, INDEX) / "current").is_symlink()
 

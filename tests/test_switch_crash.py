@@ -60,7 +60,8 @@ def until(predicate, timeout_s: float = 60.0, what: str = "condition"):
 @pytest.mark.parametrize("step", STEPS)
 def test_sigkill_at_each_switch_step_leaves_old_or_new_never_none(step: str, tmp_path: Path) -> None:
     require_reachable(AMQP_URL)
-    settings = isolated_settings(tmp_path, AMQP_URL, switch_lock_heartbeat_interval_s=HEARTBEAT_S)
+    settings = isolated_settings(tmp_path, AMQP_URL, switch_lock_heartbeat_interval_s=HEARTBEAT_S,
+                                verify_timeout_s=HEARTBEAT_S / 3)
     settings.ensure_data_dirs()
     service = Service.from_settings(settings)
     old = build_and_complete(service, "job-old", tmp_path / "idx")
@@ -97,7 +98,8 @@ def test_sigkill_at_each_switch_step_leaves_old_or_new_never_none(step: str, tmp
 
 def test_two_concurrent_switch_requests_exactly_one_wins(tmp_path: Path) -> None:
     require_reachable(REDIS_URL)
-    settings = isolated_settings(tmp_path, REDIS_URL, switch_lock_heartbeat_interval_s=HEARTBEAT_S)
+    settings = isolated_settings(tmp_path, REDIS_URL, switch_lock_heartbeat_interval_s=HEARTBEAT_S,
+                                verify_timeout_s=HEARTBEAT_S / 3)
     settings.ensure_data_dirs()
     service = Service.from_settings(settings)
     old = build_and_complete(service, "job-old", tmp_path / "idx")

@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Protocol, Sequence
 
-from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter
+from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter, EarlyEnd
 from indexgate.schemas.shadows import IndexState
 
 
@@ -84,6 +84,15 @@ class Store(Protocol):
 
     def branch_of_job(self, job_id: str) -> str | None:
         """Which branch a job ever asked for, or None for a job never seen."""
+
+    def remember_end(self, end: EarlyEnd, audit: Sequence[AuditEntry], inbox_key: str | None, keep: int,
+                     since: datetime) -> None:
+        """Keep a job end that arrived before its job's started (the first one per job wins),
+        with its audit entries and inbox key (``DuplicateEvent`` like ``record``); forget
+        those that arrived before ``since`` and all but the newest ``keep``."""
+
+    def early_end(self, job_id: str, since: datetime) -> EarlyEnd | None:
+        """The remembered early end of ``job_id`` if it arrived at or after ``since``."""
 
     def branches_with_locks(self) -> list[BranchState]:
         """Every aggregate that holds at least one lock (listings)."""

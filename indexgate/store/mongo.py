@@ -49,6 +49,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -67,7 +68,7 @@ from indexgate.errors import (
 )
 from indexgate.store.base import SCHEMA_VERSION
 from indexgate.store.mongo_upkeep import MongoUpkeep, bson_due, now
-from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter
+from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter, EarlyEnd
 from indexgate.schemas.shadows import IndexState
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ class MongoStore(MongoUpkeep):
         )
         db.audit.create_index([("branch", ASCENDING), ("seq", DESCENDING)])
         db.dead_letters.create_index([("seq", DESCENDING)])
+        db.early_ends.create_index([("at", DESCENDING)])
 
     def _col(self, name: str) -> Collection[Any]:
         """Majority writes everywhere, majority reads of aggregates: nothing a failover can undo."""
@@ -353,6 +355,27 @@ class MongoStore(MongoUpkeep):
         with self._call(f"lookup of job {job_id}"):
             raw = self._col("jobs").find_one({"_id": job_id})
         return raw["branch"] if raw else None
+
+    def remember_end(self, end: EarlyEnd, audit: Sequence[AuditEntry], inbox_key: str | None, keep: int,
+                     since: datetime) -> None:
+        """The end first, then its inbox key: a crash in between only re-remembers it (no-op)."""
+        with self._call(f"saving the early end of job {end.job_id}"):
+            ends = self._col("early_ends")
+            try:
+                ends.update_one({"_id": end.job_id}, {"$setOnInsert": {
+                    "at": end.at.timestamp(), "doc": end.model_dump(mode="json")}}, upsert=True)
+            except DuplicateKeyError:  # a concurrent first upsert of the same job: the first one wins
+                pass
+            ends.delete_many({"at": {"$lt": since.timestamp()}})
+            surplus = [raw["_id"] for raw in ends.find({}, {"_id": 1}).sort("at", DESCENDING).skip(keep)]
+            if surplus:
+                ends.delete_many({"_id": {"$in": surplus}})
+        self.record(audit, inbox_key)
+
+    def early_end(self, job_id: str, since: datetime) -> EarlyEnd | None:
+        with self._call(f"lookup of the early end of job {job_id}"):
+            raw = self._col("early_ends").find_one({"_id": job_id, "at": {"$gte": since.timestamp()}})
+        return EarlyEnd.model_validate(raw["doc"]) if raw else None
 
     def branches_with_locks(self) -> list[BranchState]:
         with self._call("listing of locked branches"):

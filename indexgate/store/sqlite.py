@@ -19,15 +19,15 @@ import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from itertools import takewhile
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import quote
 
 from indexgate.errors import DuplicateEvent, StoreNotInitialized, StoreUnavailable, VersionConflict
 from indexgate.store.base import SCHEMA_VERSION, due_us, job_refs
-from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter
+from indexgate.store.sqlite_upkeep import SqliteUpkeep, incremental_vacuum_on, migrate
+from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter, EarlyEnd
 from indexgate.schemas.shadows import IndexState
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ CREATE INDEX IF NOT EXISTS audit_unpublished ON audit(published, seq) WHERE publ
 CREATE INDEX IF NOT EXISTS audit_branch ON audit(branch, seq);
 CREATE TABLE IF NOT EXISTS indexes (key TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL, due_us INTEGER);
 CREATE TABLE IF NOT EXISTS index_refs (ref TEXT PRIMARY KEY, key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS early_ends (job_id TEXT PRIMARY KEY, at REAL NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS early_ends_at ON early_ends(at);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, letter_id TEXT UNIQUE NOT NULL, at TEXT NOT NULL,
     doc TEXT NOT NULL);
@@ -56,14 +58,9 @@ CREATE INDEX IF NOT EXISTS branches_due ON branches(due_us) WHERE due_us IS NOT 
 CREATE INDEX IF NOT EXISTS indexes_due ON indexes(due_us) WHERE due_us IS NOT NULL;
 CREATE INDEX IF NOT EXISTS index_refs_key ON index_refs(key);
 """
-# columns added since the first schema: (table, column, type, which existing rows are due at once)
-ADDED_COLUMNS = (("branches", "due_us", "INTEGER", "has_locks = 1"), ("indexes", "due_us", "INTEGER", "1"))
-PRUNE_CHUNK = 2000  # rows deleted per write transaction: other writers wait for one chunk at most
-EPOCH_ISO = "1970-01-01T00:00:00+00:00"  # "due now" for rows written before due times
-INBOX_AT = "%Y-%m-%d %H:%M:%S"  # SQLite's datetime('now'), which stamps inbox keys
 
 
-class SqliteStore:
+class SqliteStore(SqliteUpkeep):
     def __init__(self, path: Path, busy_timeout_s: float = 5.0, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
@@ -87,10 +84,10 @@ class SqliteStore:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = self._open("rwc")
                 try:
-                    _incremental_vacuum_on(conn, self.url)
+                    incremental_vacuum_on(conn, self.url)
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.executescript(SCHEMA)
-                    _migrate(conn)
+                    migrate(conn)
                     conn.executescript(INDEXES)
                     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                                  (str(SCHEMA_VERSION),))
@@ -250,22 +247,26 @@ class SqliteStore:
             row = conn.execute("SELECT branch FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return row[0] if row else None
 
+    def remember_end(self, end: EarlyEnd, audit: Sequence[AuditEntry], inbox_key: str | None, keep: int,
+                     since: datetime) -> None:
+        with self._tx(write=True) as conn:
+            conn.execute("INSERT OR IGNORE INTO early_ends (job_id, at, doc) VALUES (?, ?, ?)",
+                         (end.job_id, end.at.timestamp(), end.model_dump_json()))
+            conn.execute("DELETE FROM early_ends WHERE at < ?", (since.timestamp(),))
+            conn.execute("DELETE FROM early_ends WHERE job_id IN "
+                         "(SELECT job_id FROM early_ends ORDER BY at DESC LIMIT -1 OFFSET ?)", (keep,))
+            self._append(conn, audit, inbox_key)
+
+    def early_end(self, job_id: str, since: datetime) -> EarlyEnd | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT doc FROM early_ends WHERE job_id = ? AND at >= ?",
+                               (job_id, since.timestamp())).fetchone()
+        return EarlyEnd.model_validate_json(row[0]) if row else None
+
     def branches_with_locks(self) -> list[BranchState]:
         with self._tx(write=False) as conn:
             rows = conn.execute("SELECT doc FROM branches WHERE has_locks = 1 ORDER BY branch").fetchall()
         return [BranchState.model_validate_json(row[0]) for row in rows]
-
-    def branches_due(self, now: datetime) -> list[str]:
-        return self._due("branches", "branch", now)
-
-    def indexes_due(self, now: datetime) -> list[str]:
-        return self._due("indexes", "key", now)
-
-    def _due(self, table: str, key_col: str, now: datetime) -> list[str]:
-        with self._tx(write=False) as conn:
-            rows = conn.execute(f"SELECT {key_col} FROM {table} WHERE due_us <= ? ORDER BY due_us",
-                                (due_us(now),)).fetchall()
-        return [row[0] for row in rows]
 
     # --- audit / outbox -----------------------------------------------------------
 
@@ -302,89 +303,6 @@ class SqliteStore:
         with self._tx(write=False) as conn:
             rows = conn.execute("SELECT doc FROM dead_letters ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [DeadLetter.model_validate_json(row[0]) for row in rows]
-
-
-    # --- retention --------------------------------------------------------------
-
-    def prune_inbox(self, before: datetime) -> int:
-        return self._prune_oldest("inbox", "rowid", _utc(before).strftime(INBOX_AT))
-
-    def prune_audit(self, before: datetime) -> int:
-        return self._prune_oldest("audit", "seq", _utc(before).isoformat(), deletable="published = 1")
-
-    def prune_dead_letters(self, before: datetime) -> int:
-        return self._prune_oldest("dead_letters", "seq", _utc(before).isoformat())
-
-    def _prune_oldest(self, table: str, order: str, cutoff: str, deletable: str = "1") -> int:
-        """Delete rows stamped before ``cutoff`` from the front of ``table``: ``order`` follows
-        insertion, and so the stamp, so the scan stops at the first row not older than the
-        cutoff (no index on the stamp needed; the cost follows the rows pruned). Rows for which
-        ``deletable`` is false are kept. One chunk per transaction, so writers wait little."""
-        removed, after = 0, -1
-        while True:
-            with self._tx(write=True) as conn:
-                rows = conn.execute(f"SELECT {order}, at < ?, {deletable} FROM {table} WHERE {order} > ? "
-                                    f"ORDER BY {order} LIMIT ?", (cutoff, after, PRUNE_CHUNK)).fetchall()
-                old = list(takewhile(lambda row: row[1], rows))
-                doomed = [(row[0],) for row in old if row[2]]
-                conn.executemany(f"DELETE FROM {table} WHERE {order} = ?", doomed)
-            removed += len(doomed)
-            if len(old) < PRUNE_CHUNK:
-                return removed
-            after = old[-1][0]
-
-    def reclaim_space(self) -> None:
-        """Hand the pages pruned rows freed back to the file system (auto_vacuum=INCREMENTAL);
-        until then SQLite reuses them for new rows anyway."""
-        with self._mutex:
-            try:
-                # executescript steps the pragma to the end; execute() frees a single page
-                self._connection().executescript("PRAGMA incremental_vacuum;")
-            except sqlite3.Error as exc:
-                self._drop()
-                raise StoreUnavailable(f"SQLite store {self.url} unavailable: {exc}") from exc
-
-    def marker(self, name: str) -> datetime | None:
-        with self._tx(write=False) as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (f"marker:{name}",)).fetchone()
-        return datetime.fromisoformat(row[0]) if row else None
-
-    def set_marker(self, name: str, at: datetime) -> None:
-        with self._tx(write=True) as conn:
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"marker:{name}", at.isoformat()))
-
-
-def _utc(at: datetime) -> datetime:
-    return at.astimezone(timezone.utc)
-
-
-def _incremental_vacuum_on(conn: sqlite3.Connection, url: str) -> None:
-    """``auto_vacuum=INCREMENTAL`` lets ``reclaim_space`` shrink the file after a prune. The
-    mode takes effect on a new file before its first table; a store created before it is
-    rebuilt once by ``VACUUM`` (time and space like the file's size). If other processes keep
-    it busy, it stays as it is (pruned pages are still reused) and the next initialization
-    tries again."""
-    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
-        return
-    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    if conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]:
-        try:
-            conn.execute("VACUUM")
-            log.warning("SQLite store %s rebuilt once with auto_vacuum=INCREMENTAL (pruned space is now returned)",
-                        url)
-        except sqlite3.OperationalError as exc:
-            log.warning("SQLite store %s not switched to auto_vacuum=INCREMENTAL now (%s); pruned space is still "
-                        "reused, and the next initialization tries again", url, exc)
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Add the columns a store created by an older version lacks. Due times start "due now"
-    where something may be due, so the first sweep computes the real ones."""
-    for table, column, sql_type, due_now in ADDED_COLUMNS:
-        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
-            conn.execute(f"UPDATE {table} SET {column} = 0, doc = json_set(doc, '$.due_at', ?) WHERE {due_now}",
-                         (EPOCH_ISO,))
 
 
 def _audit(doc: str, published: int) -> AuditEntry:

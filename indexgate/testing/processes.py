@@ -28,7 +28,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     for name in settings.model_fields_set:  # every field the caller chose; the rest keep their defaults
         value = getattr(settings, name)
         if value is not None:
-            env[f"INDEXGATE_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+            env[f"INDEXGATE_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     env["INDEXGATE_STORE_URL"] = settings.resolved_store_url
     env.update({f"INDEXGATE_{k.upper()}": v for k, v in extra.items()})
     return env

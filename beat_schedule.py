@@ -1,4 +1,4 @@
-"""Celery beat's periodic sweeps, and nothing else.
+"""Celery beat's periodic jobs (sweeps, outbox relay, retention), and nothing else.
 
 Every sweep is idempotent (a second beat, or a sweep racing an event, changes nothing
 twice), but run exactly one beat with the default scheduler: two beats double the work.

@@ -45,7 +45,7 @@ def run(report: Report, folder: Path, broker: str, branches: int = 100_000) -> l
     meter = soak.sampler.meter
     rows, used, applied = meter.rows(), meter.sample()[0], soak.applied["n"]
     soak.summarize(report, f"{applied} events on {branches} distinct branches (one job each: started, "
-                           f"{HEARTBEATS} heartbeats, completed)")
+                           f"{HEARTBEATS} heartbeats, completed)", store_goals=False)
     if rows.get("branches"):
         report.add(Figure("soak: store bytes kept per branch, after a last retention run", used / rows["branches"],
                           "B/branch", "bytes kept per event", used / max(1, applied), "informational", True,

@@ -7,9 +7,12 @@ minutes-long soak reaches the steady state a deployment reaches after its retent
 (a day for the inbox by default). ``StoreMeter`` reads the SQLite file: pages in use (page
 count less the free list), the file and its WAL on disk.
 
-Bytes per event: least squares of the bytes in use over the events applied, before the
-first rows were old enough to prune (the baseline: what the store kept per event without
-retention, same run) and after two retention periods (steady state).
+Bytes per event: before the first rows were old enough to prune, the least-squares slope
+of the bytes in use over the events applied (the baseline: what the store kept per event
+without retention, same run). After that the store holds the events of the last retention
+window, so its size follows the event *rate*; ``kept_for_good`` fits the bytes in use to
+both the events inside the window and the events applied so far, and the second
+coefficient is what each event leaves behind for good (flat: about zero).
 """
 
 from __future__ import annotations
@@ -99,3 +102,21 @@ def slope(points: list[tuple[int, int]]) -> float:
     mean_b = sum(b for _, b in points) / len(points)
     var = sum((n - mean_n) ** 2 for n, _ in points)
     return sum((n - mean_n) * (b - mean_b) for n, b in points) / var if var else float("nan")
+
+
+def kept_for_good(samples: list[tuple[float, int, int]], window_s: float, since_s: float) -> tuple[float, float]:
+    """(bytes each event leaves for good, bytes per event inside the window): least squares
+    of ``used = a + w * (events in the last window_s) + k * (events so far)`` over the
+    (seconds, events applied, bytes in use) samples from ``since_s`` on."""
+    import numpy as np
+
+    times = np.array([t for t, _, _ in samples])
+    events = np.array([n for _, n, _ in samples], dtype=float)
+    used = np.array([u for _, _, u in samples], dtype=float)
+    inside = events - np.interp(times - window_s, times, events)  # over every sample, so the window is whole
+    fit = times >= since_s
+    if fit.sum() < 5:
+        return float("nan"), float("nan")
+    columns = np.column_stack([np.ones(int(fit.sum())), inside[fit], events[fit]])
+    (_, per_window, per_event), *_ = np.linalg.lstsq(columns, used[fit], rcond=None)
+    return float(per_event), float(per_window)

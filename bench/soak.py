@@ -277,5 +277,4 @@ def _store_figure(report: Report, sampler: RssSampler, pruner: Pruner, goals: bo
                       f"{max(steady_mb, default=0):.2f} MB, {growth:+.2f} MB from the first of those samples to the "
                       f"last while {steady[-1][0] - steady[0][0] if steady else 0} events were applied; the store "
                       f"holds the last {KEEP_S:.0f} s of "
-                      "events, so its size follows the event rate, not the events applied so far (a slope below 0 "
-                      "above means the rate fell)"))
+                      "events, so its size follows the event rate, not the events applied so far"))

@@ -3,9 +3,9 @@ the same run, and write ``RESULTS.md``, ``results.json`` and ``latency.png`` int
 (``--out`` elsewhere). Needs Redis (and RabbitMQ for ``--broker rabbitmq``) on localhost.
 
 Suites (default: all but soak and sweeps, in this order): throughput, latency, locks,
-check, dead_holder, switch. ``--soak N`` adds the soak (N events) to the suites run; to run
-only the soak: ``python -m bench soak --soak 20000``; ``--branches N`` makes the soak's jobs
-run on N distinct branches. ``python -m bench sweeps`` measures the sweeps at 1,000 /
+check, http, dead_holder, switch. ``--soak N`` adds the soak (N events) to the suites run; to
+run only the soak: ``python -m bench soak --soak 20000``; ``--branches N`` makes the soak's
+jobs run on N distinct branches. ``python -m bench sweeps`` measures the sweeps at 1,000 /
 10,000 / 100,000 locked branches (``--sweep-sizes``). Nothing asserts: goals are reported met or
 missed, and a suite that fails is reported and the others still run (exit status 1).
 """
@@ -20,10 +20,10 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import check, dead_holder, latency, locks, soak, soak_branches, sweeps, switch, throughput
+from bench import check, dead_holder, http, latency, locks, soak, soak_branches, sweeps, switch, throughput
 from bench.common import Report, machine, now_iso
 
-DEFAULT = ["throughput", "latency", "locks", "check", "dead_holder", "switch"]
+DEFAULT = ["throughput", "latency", "locks", "check", "http", "dead_holder", "switch"]
 SUITES = DEFAULT + ["soak", "sweeps"]
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeats", type=int, default=3000, help="throughput: heartbeats (and noop tasks)")
     parser.add_argument("--latency-events", type=int, default=1000, help="latency: paced heartbeats (at most ~10 s)")
     parser.add_argument("--lock-ops", type=int, default=500)
-    parser.add_argument("--checks", type=int, default=5000, help="check: samples per variant")
+    parser.add_argument("--checks", type=int, default=5000, help="check, http: samples per variant")
     parser.add_argument("--dead-runs", type=int, default=10)
     parser.add_argument("--switches", type=int, default=100)
     parser.add_argument("--soak", type=int, metavar="N", help="also run the soak with N events")
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[name] = locks.run(report, folder, args.broker, ops=args.lock_ops)
                 elif name == "check":
                     results[name] = check.run(report, folder, args.broker, samples=args.checks)
+                elif name == "http":
+                    results[name] = http.run(report, folder, args.broker, samples=args.checks)
                 elif name == "dead_holder":
                     results[name] = dead_holder.run(report, folder, args.broker, runs=args.dead_runs)
                 elif name == "switch":

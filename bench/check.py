@@ -17,26 +17,16 @@ from __future__ import annotations
 import gc
 import os
 import sqlite3
-import time
 import uuid
 from pathlib import Path
 
-from bench.common import Figure, Report, bench_settings, percentiles
+from bench.common import Figure, Report, bench_settings, percentiles, timed
 from indexgate.locks import AcquireRequest
 from indexgate.service import Origin, Service
 from indexgate.schemas.records import BranchState, ReleaseReason
 
 LOCKED_TYPES = ("object_type", "link_type", "action_type", "interface")
 RETAINED_JOBS = 500
-
-
-def _timed(fn, n: int) -> list[float]:
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    return samples
 
 
 def run(report: Report, folder: Path, broker: str, samples: int = 5000) -> list[float]:
@@ -63,18 +53,18 @@ def run(report: Report, folder: Path, broker: str, samples: int = 5000) -> list[
     allowed = lambda: service.check(branch, "property_type")  # noqa: E731
     denied = lambda: service.check(branch, "object_type")  # noqa: E731
     for fn in (bare, allowed, denied):
-        _timed(fn, 200)  # warm caches and the connection
+        timed(fn, 200)  # warm caches and the connection
     # interleave in slices so drift on the shared machine hits all three alike
     got: dict[str, list[float]] = {"bare": [], "allowed": [], "denied": []}
     gc_counts = gc.get_stats()
     for _ in range(10):
-        got["bare"] += _timed(bare, samples // 10)
-        got["allowed"] += _timed(allowed, samples // 10)
-        got["denied"] += _timed(denied, samples // 10)
+        got["bare"] += timed(bare, samples // 10)
+        got["allowed"] += timed(allowed, samples // 10)
+        got["denied"] += timed(denied, samples // 10)
     collections = sum(s["collections"] for s in gc.get_stats()) - sum(s["collections"] for s in gc_counts)
     state = service.store.load(branch)
     doc = state.model_dump_json()
-    parse = percentiles(_timed(lambda: BranchState.model_validate_json(doc), samples // 5))
+    parse = percentiles(timed(lambda: BranchState.model_validate_json(doc), samples // 5))
 
     # the same branch after a busy week: RETAINED_JOBS more jobs locked and finished on it
     # (another resource type), through the real path; the branch remembers what policy says
@@ -84,8 +74,8 @@ def run(report: Report, folder: Path, broker: str, samples: int = 5000) -> list[
                                                reason="bench"), Origin(actor="bench"))
         service.release(branch, job, ReleaseReason.COMPLETED, Origin(actor="bench"))
     busy_doc = service.store.load(branch).model_dump_json()
-    _timed(allowed, 50)
-    busy = percentiles(_timed(allowed, samples // 5))
+    timed(allowed, 50)
+    busy = percentiles(timed(allowed, samples // 5))
     if conn is not None:
         conn.close()
     service.store.close()

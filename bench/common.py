@@ -56,6 +56,16 @@ def percentiles(samples: list[float]) -> dict[str, float]:
             "mean": statistics.fmean(ordered)}
 
 
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    """``n`` calls of ``fn``, each one's duration in ms."""
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
 def wait_until(predicate: Callable[[], object], timeout_s: float = 60.0, every_s: float = 0.002) -> object:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -25,6 +25,7 @@ from indexgate.cli_common import (
 from indexgate.cli_intake import intake
 from indexgate.cli_shadows import index, shadows
 from indexgate.errors import ConfigError
+from indexgate.permissions import whole_branch
 from indexgate.service import Outcome
 from indexgate.store import initialize_store
 from indexgate.schemas.records import DeadLetter
@@ -65,6 +66,22 @@ def setup() -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8700, show_default=True)
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(host: str, port: int, log_level: str) -> None:
+    """Run the HTTP API (GET /v1/check ...) on the configured store and broker."""
+    from indexgate.api.serve import run
+    from indexgate.settings import sanitized_url
+
+    settings = load_settings()
+    click.echo(f"indexgate API on http://{host}:{port} (store {sanitized_url(settings.resolved_store_url)}, "
+               f"token {'required' if settings.api_token else 'not required'})", err=True)
+    run(settings, host, port, log_level)
+
+
+@main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Keep the demo's store and broker here (default: a temporary folder).")
 def demo(data_dir: str | None) -> None:
@@ -82,11 +99,9 @@ def demo(data_dir: str | None) -> None:
 @guarded
 def check(branch: str, resource_type: str, action: str, as_json: bool) -> None:
     """May ACTION on RESOURCE_TYPE of BRANCH proceed now? Exit 0 allowed, 3 denied, 4 unknown."""
-    decision = service().check(branch, None if resource_type in {"*", "-"} else resource_type, action)
+    decision = service().check(branch, whole_branch(resource_type), action)
     if as_json:
-        payload = decision.model_dump(mode="json", exclude={"blocking"})
-        payload["blocking_lock"] = lock_json(decision.blocking) if decision.blocking else None
-        emit(payload)
+        emit(decision.model_dump(mode="json"))  # the same fields as GET /v1/check
     else:
         click.echo(("ALLOWED: " if decision.allowed else "DENIED: ") + decision.message)
     if not decision.allowed:

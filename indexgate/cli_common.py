@@ -18,6 +18,7 @@ import click
 
 from indexgate.errors import ConfigError, IndexgateError, OperatorError, StoreUnavailable
 from indexgate.locks import LockView
+from indexgate.permissions import LockStatus
 from indexgate.service import Service
 from indexgate.settings import Settings
 
@@ -30,16 +31,8 @@ EXIT_CONFIG = 6
 
 
 def lock_json(v: LockView) -> dict[str, Any]:
-    """The stable flat shape of a lock in ``--json`` output."""
-    return v.lock.model_dump(mode="json") | {
-        "health": str(v.health),
-        "in_force": v.in_force,
-        "death_reason": str(v.death_reason) if v.death_reason else None,
-        "heartbeat_deadline": v.heartbeat_deadline.isoformat(),
-        "seconds_since_heartbeat": v.seconds_since_heartbeat,
-        "clock_skew_s": v.clock_skew_s,  # the holder's estimated clock skew, corrected (indexgate.skew)
-        "clock_skew_beyond_bound": v.clock_skew_beyond_bound,
-    }
+    """The stable flat shape of a lock in ``--json`` output (the HTTP API's too)."""
+    return LockStatus.of(v).model_dump(mode="json")
 
 
 def emit(payload: Any) -> None:

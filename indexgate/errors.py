@@ -10,16 +10,23 @@
     ├── TransientError              retry later: the task layer retries these with backoff
     │   ├── StoreError
     │   │   ├── StoreUnavailable    the store cannot be reached or is locked
-    │   │   │   └── StoreNotInitialized  no indexgate store there: never set up (or wrong URL)
+    │   │   │   ├── StoreNotInitialized  no indexgate store there: never set up (or wrong URL)
+    │   │   │   └── StoreTimeout    the store did not answer within the API's deadline
     │   │   └── VersionConflict     a compare-and-swap lost a race; reload and reapply
     │   └── SwitchInProgress        another switch of the same index holds the claim
-    └── OperatorError               an operator action cannot be done as asked
-        ├── LockNotFound
-        ├── InvalidRequest
-        │   └── LimitExceeded       a configured limit (INDEXGATE_MAX_*) would be passed
-        ├── InvalidTransition       a shadow build cannot move to that state now
-        │   └── SwitchClaimed       it is SWITCHING: another switch holds its claim
-        └── StaleFencingToken       a pointer update older than the last one applied
+    ├── OperatorError               an operator action cannot be done as asked
+    │   ├── LockNotFound
+    │   ├── InvalidRequest
+    │   │   └── LimitExceeded       a configured limit (INDEXGATE_MAX_*) would be passed
+    │   ├── InvalidTransition       a shadow build cannot move to that state now
+    │   │   └── SwitchClaimed       it is SWITCHING: another switch holds its claim
+    │   └── StaleFencingToken       a pointer update older than the last one applied
+    └── GateError                   ``indexgate.client``: no answer it can trust came back;
+        │                           never to be read as "allowed"
+        ├── GateUnavailable         timeout, connection error, 5xx (503: the store cannot answer)
+        ├── GateUnauthorized        401: the API wants INDEXGATE_API_TOKEN as a bearer token
+        ├── GateBadRequest          422 / other 4xx: the parameters were refused
+        └── GateMalformedAnswer     the answer is not of the documented shape
 
 Messages say what happened and what to do about it, because the reader is an operator.
 """
@@ -65,6 +72,11 @@ class StoreNotInitialized(StoreUnavailable):
     instead of reading an empty store as "nothing is locked"."""
 
 
+class StoreTimeout(StoreUnavailable):
+    """The store did not answer within the API's deadline (``INDEXGATE_API_STORE_TIMEOUT_S``):
+    a hung or overloaded store is "unknown", never a late "allowed"."""
+
+
 class VersionConflict(StoreError):
     """Another writer changed the aggregate since it was loaded."""
 
@@ -95,3 +107,29 @@ class SwitchClaimed(InvalidTransition):
 
 class StaleFencingToken(OperatorError):
     """A pointer update carried a fencing token no newer than the last one applied."""
+
+
+class GateError(IndexgateError):
+    """``indexgate.client.Gate`` got no answer it can trust; the OMS must treat it as "not
+    allowed". ``status_code`` is the HTTP status when there was one, ``url`` what was asked."""
+
+    def __init__(self, message: str, *, url: str = "", status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status_code = status_code
+
+
+class GateUnavailable(GateError):
+    """Timeout, connection refused or reset, or a 5xx (503: the store cannot answer)."""
+
+
+class GateUnauthorized(GateError):
+    """401: the API requires its token (``Gate(url, token=...)``)."""
+
+
+class GateBadRequest(GateError):
+    """422 or another 4xx: the API refused the parameters."""
+
+
+class GateMalformedAnswer(GateError):
+    """The answer is not JSON of the documented shape (a proxy, a wrong URL, another version)."""

@@ -15,8 +15,9 @@ import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Literal, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexgate.errors import ConfigError
@@ -148,6 +149,15 @@ class Settings(BaseSettings):
         60, description="Redis: an entry unacked for this long (its worker died, its hand-off task was "
         "lost in a Redis crash) is handed off again. Keep it above the time a batch takes to apply.",
     )
+    api_token: SecretStr | None = Field(
+        None, min_length=1, description="HTTP API: when set, every endpoint but /healthz and /readyz requires it "
+        "as a bearer token (401 otherwise). Set but empty refuses to start (an unset shell variable must not "
+        "turn auth off).",
+    )
+    api_store_timeout_s: float = Field(
+        1.0, gt=0, description="HTTP API: a store call that takes longer is answered 503 (unknown), never "
+        "allowed; the API's SQLite busy timeout is capped at it too.",
+    )
     rabbitmq_consumer_timeout_s: float = Field(
         1800, gt=0, description="The RabbitMQ server's consumer_timeout (its default: 30 min): a delivery held "
         "unacked this long is requeued. Set it to the server's value: the inbox retention must outlive it.",
@@ -230,12 +240,16 @@ class Settings(BaseSettings):
     @classmethod
     def from_env(cls) -> "Settings":
         """The settings of this process's environment, or ``ConfigError`` saying which
-        variable is wrong: unknown ``INDEXGATE_*`` names and unparsable values refuse."""
+        variable is wrong: unknown ``INDEXGATE_*`` names and unparsable values refuse, and so
+        does a Celery-level broker (``CELERY_BROKER_URL``, ``celery -b``) disagreeing with
+        ``INDEXGATE_BROKER_URL``."""
         check_environment(os.environ)
         try:
-            return cls()
+            settings = cls()
         except ValidationError as exc:
             raise ConfigError(_readable(exc)) from None
+        check_celery_broker(settings, os.environ)
+        return settings
 
     @classmethod
     def env_names(cls) -> list[str]:
@@ -284,6 +298,28 @@ def check_environment(environ: Mapping[str, str]) -> None:
         raise ConfigError(f"unknown setting(s) in the environment: {', '.join(hints)}; indexgate refuses to start "
                           "rather than run on a default it was not meant to use (known settings: see the README's "
                           "Configuration table)")
+
+
+def check_celery_broker(settings: Settings, environ: Mapping[str, str]) -> None:
+    """``celery -b URL`` and ``CELERY_BROKER_URL`` override a Celery app's broker URL but not
+    its transport class and options: a worker would run half on one broker, half configured
+    for another. One source of truth: a Celery-level broker must agree with indexgate's."""
+    celery_url = environ.get("CELERY_BROKER_URL")
+    if celery_url and celery_url != settings.resolved_broker_url:
+        raise ConfigError(
+            f"the broker is set twice and the two disagree: CELERY_BROKER_URL (or `celery -b`) is "
+            f"{sanitized_url(celery_url)!r} but indexgate's broker is {sanitized_url(settings.resolved_broker_url)!r} "
+            f"(INDEXGATE_BROKER_URL{'' if settings.broker_url else ', unset: the embedded broker'}); set "
+            "INDEXGATE_BROKER_URL and drop the other")
+
+
+def sanitized_url(url: str) -> str:
+    """``url`` with its password replaced by ``**``, for messages."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":**@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _readable(exc: ValidationError) -> str:

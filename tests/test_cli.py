@@ -68,7 +68,9 @@ def test_check_exit_codes_and_json(cli) -> None:
     denied = run("check", "main", "object_type", "--json")
     assert denied.exit_code == 3
     payload = json.loads(denied.output)
-    assert set(payload) == {"allowed", "branch", "resource_type", "action", "message", "blocking_lock"}
+    assert set(payload) == {"allowed", "branch", "resource_type", "action", "message", "blocking_lock",
+                            "retry_after_s", "version"}
+    assert payload["retry_after_s"] is None and payload["version"] >= 1  # no ETA reported: unknown
     assert payload["allowed"] is False and payload["blocking_lock"]["holder"] == "funnel"
     assert set(payload["blocking_lock"]) == LOCK_FIELDS
     assert run("check", "main", "link_type").exit_code == 0

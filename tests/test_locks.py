@@ -173,7 +173,7 @@ def test_death_is_exactly_at_the_heartbeat_deadline_without_any_sweep():
     deadline = at(HB_DEADLINE_S)
     assert locks.heartbeat_deadline(only_lock(state), POLICY) == deadline
     denied = permissions.check(state, BRANCH, "object_type", "write", deadline - MS, POLICY)
-    assert not denied.allowed and denied.blocking.death_reason is None
+    assert not denied.allowed and denied.blocking_lock.death_reason is None
     assert allowed(state, "object_type", deadline)
     assert only_lock(state).job_id == "job-1"  # still stored: the check did not need a sweep
 
@@ -355,7 +355,7 @@ def test_read_and_draft_are_always_allowed(action):
 
 def test_check_on_a_branch_without_state_is_allowed():
     decision = permissions.check(None, BRANCH, "object_type", "write", T0, POLICY)
-    assert decision.allowed and decision.blocking is None
+    assert decision.allowed and decision.blocking_lock is None
 
 
 def test_denial_message_explains_the_typed_lock():
@@ -363,7 +363,7 @@ def test_denial_message_explains_the_typed_lock():
     state = beat(state, 30, progress_percent=75, estimated_remaining_s=600).state
     decision = permissions.check(state, BRANCH, "object_type", "write", at(40), POLICY)
     lock = only_lock(state)
-    assert not decision.allowed and decision.blocking.lock.lock_id == lock.lock_id
+    assert not decision.allowed and decision.blocking_lock.lock_id == lock.lock_id
     for needle in ("builder-a", "job job-1", "progress 75%", "ETA 600 s", lock.expires_at.isoformat(),
                    f"other resource types of {BRANCH} stay editable"):
         assert needle in decision.message, needle

@@ -29,8 +29,8 @@ from kombu.utils.url import maybe_sanitize_url
 
 from indexgate.beat_schedule import build_schedule
 from indexgate.events.publisher import transport_class, transport_options
-from indexgate.errors import ConfigError, StoreUnavailable
-from indexgate.settings import TASK_TIME_LIMIT_S, Settings
+from indexgate.errors import StoreUnavailable
+from indexgate.settings import TASK_TIME_LIMIT_S, Settings, check_celery_broker
 from indexgate.store import initialize_store
 from indexgate.workers.intake import IntakeStep, StreamStep
 from indexgate.workers.runtime import reset
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, on_switch_step: Callable[[str],
     """A configured Celery app; connects to nothing until a worker or producer starts.
     ``on_switch_step`` is called at each step of a switch (tests inject faults with it)."""
     settings = settings or Settings.from_env()
-    _refuse_celery_broker(settings)
+    check_celery_broker(settings, os.environ)  # a `celery -b` / CELERY_BROKER_URL that disagrees stops it
     app = Celery("indexgate", set_as_current=False)
     app.indexgate_settings = settings  # type: ignore[attr-defined]
     app.indexgate_on_switch_step = on_switch_step  # type: ignore[attr-defined]
@@ -76,20 +76,6 @@ def create_app(settings: Settings | None = None, on_switch_step: Callable[[str],
     register_tasks(app)
     _connect_signals(app)
     return app
-
-
-def _refuse_celery_broker(settings: Settings) -> None:
-    """``celery -b URL`` and ``CELERY_BROKER_URL`` override the app's broker URL but not its
-    transport class and options: a worker would run half on one broker, half configured for
-    another. One source of truth: a Celery-level broker must agree with indexgate's."""
-    celery_url = os.environ.get("CELERY_BROKER_URL")
-    if celery_url and celery_url != settings.resolved_broker_url:
-        raise ConfigError(
-            f"the broker is set twice and the two disagree: CELERY_BROKER_URL (or `celery -b`) is "
-            f"{maybe_sanitize_url(celery_url)!r} but indexgate's broker is "
-            f"{maybe_sanitize_url(settings.resolved_broker_url)!r} (INDEXGATE_BROKER_URL"
-            f"{'' if settings.broker_url else ', unset: the embedded broker'}); set INDEXGATE_BROKER_URL "
-            "and drop the other")
 
 
 def _connect_signals(app: Celery) -> None:

@@ -107,7 +107,7 @@ def racer(index: int, folder: str, seconds: float, seed: int, stop) -> None:
                 resource_type = rng.choice(TYPES + [None])
                 decision = service.check(BRANCH, resource_type)
                 record.update(op="check", resource_type=resource_type, allowed=decision.allowed,
-                              blocking=decision.blocking.lock.lock_id if decision.blocking else None)
+                              blocking=decision.blocking_lock.lock_id if decision.blocking_lock else None)
         except TransientError as exc:
             record.update(op="error", error=type(exc).__name__)
         record.update(t0=t0.isoformat(), t1=utcnow().isoformat())

@@ -157,8 +157,8 @@ class SqliteStore(SqliteUpkeep):
             self._drop()
 
     def ping(self) -> None:
-        with self._tx(write=False) as conn:
-            conn.execute("SELECT 1").fetchone()
+        with self._tx(write=False) as conn:  # a real read: ``SELECT 1`` takes no lock and answers even when locked
+            conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
 
     # --- aggregates ---------------------------------------------------------------
 

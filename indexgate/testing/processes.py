@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from pydantic import SecretStr
+
 from indexgate.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +29,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INDEXGATE_")}
     for name in settings.model_fields_set:  # every field the caller chose; the rest keep their defaults
         value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if value is not None:
             env[f"INDEXGATE_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     env["INDEXGATE_STORE_URL"] = settings.resolved_store_url

@@ -77,20 +77,30 @@ class SqliteStore(SqliteUpkeep):
 
     def initialize(self) -> None:
         """Create the file, its tables and the ``meta`` row; bring a store created by an
-        older version up to date (new columns, incremental auto-vacuum); idempotent."""
+        older version up to date (new columns, incremental auto-vacuum); idempotent. Tables,
+        migration and the ``meta`` row commit in one transaction (SQLite's DDL is
+        transactional), so a process killed meanwhile leaves no half-initialized store."""
         with self._mutex:
             self._drop()
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = self._open("rwc")
                 try:
-                    incremental_vacuum_on(conn, self.url)
+                    incremental_vacuum_on(conn, self.url)  # pragmas that cannot run inside a transaction
                     conn.execute("PRAGMA journal_mode=WAL")
-                    conn.executescript(SCHEMA)
-                    migrate(conn)
-                    conn.executescript(INDEXES)
-                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                                 (str(SCHEMA_VERSION),))
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        for statement in _statements(SCHEMA):
+                            conn.execute(statement)
+                        migrate(conn)
+                        for statement in _statements(INDEXES):
+                            conn.execute(statement)
+                        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                                     (str(SCHEMA_VERSION),))
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
                 finally:
                     conn.close()
             except (sqlite3.Error, OSError) as exc:
@@ -303,6 +313,11 @@ class SqliteStore(SqliteUpkeep):
         with self._tx(write=False) as conn:
             rows = conn.execute("SELECT doc FROM dead_letters ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [DeadLetter.model_validate_json(row[0]) for row in rows]
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (none of them holds a ``;`` of its own)."""
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
 
 
 def _audit(doc: str, published: int) -> AuditEntry:

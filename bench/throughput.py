@@ -49,7 +49,7 @@ from bench.common import (
     started,
     wait_until,
 )
-from indexgate.events import redis_stream
+from indexgate.events.brokers import IntakeMode, transport_for
 from indexgate.events.decode import RawMessage
 from indexgate.events.intake import ingest
 from indexgate.events.publisher import Publisher, encode
@@ -228,7 +228,7 @@ def _measure(settings: Settings, procs, app, n: int) -> dict:
         publisher.close()
         service.store.close()
     return {"noop": noop_rate, "noop_pub": noop_pub, "noop_cpu": noop_cpu,
-            "hb": hb_rate, "hb_pub": hb_pub, "hb_cpu": hb_cpu, "stream": redis_stream.uses_stream(settings)}
+            "hb": hb_rate, "hb_pub": hb_pub, "hb_cpu": hb_cpu, "stream": transport_for(settings).mode is IntakeMode.PUMP}
 
 
 def confirmed_publish_ms(settings: Settings, n: int = 300) -> float:

@@ -5,14 +5,24 @@ Both content modes of the AMQP 0-9-1 (RabbitMQ) binding are accepted through the
 and binary (``ce-`` headers, data in the body). The AMQP 1.0 prefixes ``cloudEvents_`` /
 ``cloudEvents:`` are mapped to ``ce-`` first, since that costs one loop. The SDK raises a mix
 of exception types on bad input (``ValueError``, ``AttributeError``, its own validation
-errors), so every failure leaves here as one ``MalformedEvent`` with a readable reason.
+errors), so every failure leaves here as one ``MalformedEvent`` with a readable reason -
+checked here first where the SDK would hide the real fault (binary-mode data that is not
+JSON would reach us as a string).
+
+Header values arrive typed from real clients (py-amqp, pika, kombu's JSON envelope) and
+are turned into the CloudEvents string forms once, in ``RawMessage.build``: an AMQP
+``timestamp`` (py-amqp gives a naive ``datetime``, UTC by the AMQP spec) becomes an RFC 3339
+time in UTC; booleans ``true`` / ``false``; integers and decimals their digits; bytes UTF-8
+text; tables and arrays JSON; a void (``None``) header is absent. A *string* time without
+an offset stays malformed: RFC 3339 requires one.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+import re
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_rabbitmq
@@ -26,7 +36,10 @@ from indexgate.errors import MalformedEvent
 
 STRUCTURED = "application/cloudevents+json"
 _AMQP10_PREFIXES = ("cloudevents_", "cloudevents:")
+_JSON_MEDIA = re.compile(r"^application/(.+\+)?json(\s*;.*)?$", re.IGNORECASE)
 _FORMAT = JSONFormat()
+MAX_HEADERS = 100  # the defaults of INDEXGATE_MAX_HEADERS / _MAX_HEADER_BYTES
+MAX_HEADER_BYTES = 8192
 
 
 class RawMessage(BaseModel):
@@ -39,22 +52,22 @@ class RawMessage(BaseModel):
     body: str
     body_encoding: str = "utf-8"  # "base64" when the body is not UTF-8 text
     routing_key: str | None = None
+    fault: str | None = None  # the transport could not unwrap it (why); dead-lettered with this reason
 
     @classmethod
     def build(
         cls, headers: Mapping[str, Any] | None, content_type: str | None, body: bytes | str,
-        routing_key: str | None = None,
+        routing_key: str | None = None, fault: str | None = None,
     ) -> "RawMessage":
-        clean = {str(k): _header_text(v) for k, v in (headers or {}).items()}
+        clean = {str(k): _header_text(v) for k, v in (headers or {}).items() if v is not None}
+        common = {"headers": clean, "content_type": content_type if isinstance(content_type, str) else None,
+                  "routing_key": routing_key, "fault": fault}
         if isinstance(body, str):
-            return cls(headers=clean, content_type=content_type, body=body, routing_key=routing_key)
+            return cls(body=body, **common)
         try:
-            return cls(headers=clean, content_type=content_type, body=body.decode("utf-8"), routing_key=routing_key)
+            return cls(body=body.decode("utf-8"), **common)
         except UnicodeDecodeError:
-            return cls(
-                headers=clean, content_type=content_type, body=base64.b64encode(body).decode("ascii"),
-                body_encoding="base64", routing_key=routing_key,
-            )
+            return cls(body=base64.b64encode(body).decode("ascii"), body_encoding="base64", **common)
 
     def body_bytes(self) -> bytes:
         if self.body_encoding == "base64":
@@ -93,15 +106,20 @@ def event_key(source: str, event_id: str) -> str:
     return f"{escaped}|{event_id}"
 
 
-def decode(raw: RawMessage, max_bytes: int, source_allowlist: list[str] | None = None) -> IncomingEvent:
+def decode(raw: RawMessage, max_bytes: int, source_allowlist: list[str] | None = None,
+           max_headers: int = MAX_HEADERS, max_header_bytes: int = MAX_HEADER_BYTES) -> IncomingEvent:
+    if raw.fault:
+        raise MalformedEvent(raw.fault)
     body = raw.body_bytes()
     if len(body) > max_bytes:
         raise MalformedEvent(f"body is {len(body)} bytes, over the {max_bytes}-byte limit (INDEXGATE_MAX_EVENT_BYTES)")
+    check_headers(raw.headers, max_headers, max_header_bytes)
     headers = _ce_headers(raw.headers)
     content_type = raw.content_type
     if not headers and (content_type or "").startswith("application/json") and b'"specversion"' in body:
         content_type = STRUCTURED  # a structured event sent with a generic JSON content type
-    if (content_type or "").lower().startswith("application/cloudevents"):
+    structured = (content_type or "").lower().startswith("application/cloudevents")
+    if structured:
         given, body = _structured_attributes(body)
     elif headers:
         given = {name[len("ce-"):]: value for name, value in headers.items()}
@@ -110,6 +128,8 @@ def decode(raw: RawMessage, max_bytes: int, source_allowlist: list[str] | None =
             f"not a CloudEvent: content type {raw.content_type!r} is not {STRUCTURED} and no ce- headers are present"
         )
     _check_given(given)  # the SDK would invent a missing id, specversion or time
+    if not structured:
+        _check_binary_data(body, content_type)
     has_time = "time" in given
     try:
         event: CloudEvent = from_rabbitmq(RabbitMQMessage(headers, content_type, body), _FORMAT, CloudEvent)
@@ -137,6 +157,30 @@ def _incoming(event: CloudEvent, has_time: bool, allowlist: list[str] | None) ->
         id=event.get_id(), source=event.get_source(), type=event.get_type(),
         time=utc, subject=event.get_subject(), data=data,
     )
+
+
+def check_headers(headers: Mapping[str, str], max_headers: int, max_header_bytes: int) -> None:
+    """Refuse a message over the header limits, naming the limit and its setting."""
+    if len(headers) > max_headers:
+        raise MalformedEvent(f"message has {len(headers)} headers, over the limit of {max_headers} "
+                             "(INDEXGATE_MAX_HEADERS)")
+    for name, value in headers.items():
+        size = len(name.encode("utf-8")) + len(value.encode("utf-8"))
+        if size > max_header_bytes:
+            raise MalformedEvent(f"header {name[:80]!r} is {size} bytes (name + value), over the {max_header_bytes}"
+                                 "-byte limit (INDEXGATE_MAX_HEADER_BYTES)")
+
+
+def _check_binary_data(body: bytes, content_type: str | None) -> None:
+    """Binary mode: data declared JSON (or undeclared, which CloudEvents reads as JSON) must
+    parse, or the SDK hands it on as a string and the fault would read "not an object"."""
+    if not body or not _JSON_MEDIA.match(content_type or "application/json"):
+        return
+    try:
+        json.loads(body)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise MalformedEvent(f"data is not valid JSON (content type {content_type or 'unset: JSON assumed'}): "
+                             f"{exc}") from exc
 
 
 def _ce_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -179,8 +223,21 @@ def _check_given(given: dict[str, Any]) -> None:
 
 
 def _header_text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+    """A header value in its CloudEvents string form (see the module doc)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
     if isinstance(value, datetime):
-        return value.isoformat()
+        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)  # AMQP timestamps are UTC
+        return aware.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=_json_default, ensure_ascii=False)
+    return str(value)  # str, int, float, Decimal
+
+
+def _json_default(value: Any) -> str:
+    """Inside a table or array header: the same string forms, anything else ``str``."""
+    if isinstance(value, (bytes, bytearray, memoryview, datetime, bool)):
+        return _header_text(value)
     return str(value)

@@ -19,12 +19,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel
 
 from indexgate.events import catalog
-from indexgate.events.decode import RawMessage, decode
+from indexgate.events.brokers.base import Acks
+from indexgate.events.decode import MAX_HEADER_BYTES, MAX_HEADERS, RawMessage, decode
 from indexgate.clock import utcnow
 from indexgate.errors import MalformedEvent, OperatorError, TransientError
 from indexgate.outcomes import Outcome, Status
@@ -50,12 +51,6 @@ class HandOff(BaseModel):
 
     items: list[Delivery]
     consumer: str | None = None  # Redis: the stream consumer that handed these off
-
-
-class Acks(Protocol):
-    def ack(self, refs: list[str]) -> None: ...
-
-    def touch(self, refs: list[str]) -> None: ...
 
 
 def ingest_batch(service: Service, settings: Settings, handoff: HandOff, acks: Acks | None) -> list[Outcome]:
@@ -84,27 +79,44 @@ def _settle(acks: Acks, done: list[Delivery], waiting: list[Delivery]) -> None:
 
 def ingest(service: Service, settings: Settings, raw: RawMessage) -> Outcome:
     try:
-        event = decode(raw, settings.max_event_bytes, settings.source_allowlist)
+        event = decode(raw, settings.max_event_bytes, settings.source_allowlist, settings.max_headers,
+                       settings.max_header_bytes)
         return catalog.apply(service, event)
     except MalformedEvent as exc:
-        return dead_letter(service, raw, str(exc))
+        return dead_letter(service, raw, str(exc), settings)
     except OperatorError as exc:  # a well-formed event asking for the impossible
-        return dead_letter(service, raw, f"cannot be applied: {exc}")
+        return dead_letter(service, raw, f"cannot be applied: {exc}", settings)
     except TransientError:
         raise
     except Exception as exc:  # a bug must not lose the event nor kill the worker
         log.exception("internal error while applying an event; it is dead-lettered")
-        return dead_letter(service, raw, f"internal error: {type(exc).__name__}: {exc}")
+        return dead_letter(service, raw, f"internal error: {type(exc).__name__}: {exc}", settings)
 
 
-def dead_letter(service: Service, raw: RawMessage, reason: str) -> Outcome:
+def dead_letter(service: Service, raw: RawMessage, reason: str, settings: Settings | None = None) -> Outcome:
+    most, largest = (settings.max_headers, settings.max_header_bytes) if settings else (MAX_HEADERS, MAX_HEADER_BYTES)
     letter = DeadLetter(
         at=utcnow(), reason=reason, routing_key=raw.routing_key, content_type=raw.content_type,
-        headers=raw.headers, **kept_body(raw),
+        headers=kept_headers(raw.headers, most, largest), **kept_body(raw),
     )
     service.record_dead_letter(letter)
     log.warning("dead-lettered message %s: %s", letter.letter_id, reason)
     return Outcome(status=Status.DEAD_LETTERED, detail=reason)
+
+
+def kept_headers(headers: dict[str, str], most: int, largest_bytes: int) -> dict[str, str]:
+    """The headers a dead letter keeps: the first ``most``, each cut to ``largest_bytes``
+    (the header limits), with a marker saying how much a cut one had; the reason already
+    names the limit that was exceeded."""
+    kept: dict[str, str] = {}
+    for name, value in list(headers.items())[:most]:
+        size = len(value.encode("utf-8"))
+        if size + len(name.encode("utf-8")) > largest_bytes:
+            value = value.encode("utf-8")[:largest_bytes].decode("utf-8", "ignore") + f"...[cut: {size} bytes]"
+        kept[name] = value
+    if len(headers) > most:
+        kept["x-indexgate-headers-dropped"] = str(len(headers) - most)
+    return kept
 
 
 def kept_body(raw: RawMessage, limit: int = DEAD_LETTER_BODY_LIMIT) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The operator CLI, ``indexgate``: thin over the service, ``--json`` on every read.
 
 Exit codes: 0 ok / allowed, 1 unexpected failure, 2 bad request (unknown lock, bad
-argument), 3 denied (``check``), 4 store unreachable - so a script never confuses
-"denied", "expired" and "unknown".
+argument), 3 denied (``check``), 4 store unreachable, 5 broker unreachable, 6 configuration
+error - so a script never confuses "denied", "expired" and "unknown".
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import click
 from indexgate.cli_common import (
     EXIT_CONFIG,
     EXIT_DENIED,
+    Tool,
     load_settings,
     emit,
     guarded,
@@ -31,7 +32,7 @@ from indexgate.store import initialize_store
 from indexgate.schemas.records import DeadLetter
 
 
-@click.group()
+@click.group(cls=Tool)
 @click.version_option(package_name="indexgate")
 def main() -> None:
     """indexgate: branch locks and shadow-index switches driven by funnel CloudEvents."""
@@ -58,11 +59,21 @@ def up(loglevel: str, concurrency: int | None) -> None:
 @main.command()
 @guarded
 def setup() -> None:
-    """Initialize the store (idempotent); run before the first worker, and after upgrades."""
+    """Initialize the store and declare the funnel's topology on the broker (idempotent);
+    run before the first worker and the first funnel event, and after upgrades."""
     from kombu.utils.url import maybe_sanitize_url
 
-    url = initialize_store(load_settings())
+    from indexgate.events.brokers import transport_for
+
+    settings = load_settings()
+    url = initialize_store(settings)
     click.echo(f"store {maybe_sanitize_url(url)}: initialized")
+    transport = transport_for(settings)
+    try:
+        for line in transport.declare():
+            click.echo(f"broker {transport.safe_url}: {line}")
+    finally:
+        transport.close()
 
 
 @main.command()
@@ -206,14 +217,18 @@ def locks_release(lock_id: str, reason: str, operator: str | None) -> None:
 @click.option("--mode", type=click.Choice(["structured", "binary"]), default="structured", show_default=True)
 @click.option("--source", default="indexgate-cli", show_default=True)
 @click.option("--id", "event_id", default=None, help="Event id (default: random).")
+@guarded
 def publish(event_type: str, data_json: str, mode: str, source: str, event_id: str | None) -> None:
-    """Publish a funnel CloudEvent to the funnel exchange (what the funnel does)."""
+    """Publish a funnel CloudEvent where the intake reads it (what the funnel does). Exit 5
+    if the broker cannot be reached."""
     from indexgate.events.publisher import Publisher, funnel_event
 
     try:
         data = json.loads(data_json)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"must be a JSON object, got {type(data).__name__}", param_hint="--data")
     event = funnel_event(event_type, data, source=source, event_id=event_id)
     publisher = Publisher(load_settings())
     try:
@@ -272,4 +287,4 @@ main.add_command(intake)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="indexgate")

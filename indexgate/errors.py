@@ -4,6 +4,7 @@
 
     IndexgateError
     ├── ConfigError                 a setting cannot be used (bad URL scheme, ...)
+    ├── BrokerUnavailable           the broker cannot be reached (CLI exit 5)
     ├── DuplicateEvent              the event's source|id was committed by a concurrent delivery
     ├── MalformedEvent              an incoming event cannot be decoded or validated;
     │                               it is dead-lettered with this message as the reason
@@ -40,6 +41,12 @@ class IndexgateError(Exception):
 
 class ConfigError(IndexgateError):
     """A setting has a value indexgate cannot use."""
+
+
+class BrokerUnavailable(IndexgateError):
+    """The broker cannot be reached or refused the connection; the message names its URL
+    (without the password). Raised by the intake transports (``events.brokers``) in the
+    funnel-side and operator paths; the worker's own loops reconnect instead."""
 
 
 class DuplicateEvent(IndexgateError):

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         1_048_576, description="Larger message bodies are dead-lettered unparsed (size limit)."
     )
+    max_headers: int = Field(
+        100, ge=1, description="A message with more headers is dead-lettered (a CloudEvent in binary mode needs "
+        "about ten, tracing a few more)."
+    )
+    max_header_bytes: int = Field(
+        8192, ge=64, description="A message with a larger header (name + value, UTF-8 bytes) is dead-lettered "
+        "(8 KiB: the W3C baggage limit)."
+    )
     default_ttl_s: float = Field(14_400, description="Lock TTL when `started` gives none (4 h).")
     max_ttl_s: float = Field(
         86_400, description="Upper bound for TTL, also for ETA-driven extensions (24 h)."
@@ -264,26 +272,10 @@ class Settings(BaseSettings):
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.data_dir / 'indexgate.db'}"
 
-    def filesystem_broker_options(self) -> dict[str, str | float]:
-        """Folders of the embedded broker; the control folder holds exchange bindings."""
-        folders = {key: str(value) for key, value in self._broker_folders().items()}
-        return folders | {"polling_interval": 0.1}  # kombu's default of 1 s adds a second per hop
-
     def ensure_data_dirs(self) -> None:
-        """Create data_dir and the embedded broker's folders; called before connecting."""
+        """Create data_dir; called before connecting (the embedded broker's own folders are
+        made by its transport, ``events.brokers.embedded``)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.broker_url:
-            for folder in self._broker_folders().values():
-                folder.mkdir(parents=True, exist_ok=True)
-
-    def _broker_folders(self) -> dict[str, Path]:
-        base = self.data_dir / "broker"
-        return {
-            "data_folder_in": base / "queue",
-            "data_folder_out": base / "queue",
-            "processed_folder": base / "processed",
-            "control_folder": base / "control",
-        }
 
 
 def check_environment(environ: Mapping[str, str]) -> None:

@@ -8,8 +8,8 @@ conflicting grants and strictly increasing fencing tokens. About 3 minutes in al
 
 The Redis restart row is asserted like the others. It used to lose events (kombu's Redis
 lists pop a message before recording it as unacked) and to kill the worker (a Celery/kombu
-crash on connection loss); the intake stream (``events.redis_stream``) and the patched
-transport (``events.redis_transport``) fixed both. ``python -m bench.chaos.findings
+crash on connection loss); the intake stream (``events.brokers.redis_stream``) and the patched
+transport (``events.brokers.redis_kombu``) fixed both. ``python -m bench.chaos.findings
 redis_restart_crash redis_restart_patched`` shows the crash, and its absence, with a plain
 Celery app.
 """
@@ -55,8 +55,9 @@ def test_nothing_lost_nothing_applied_twice_no_stuck_lock_no_crash(name: str) ->
     assert row.applied_once == row.published, context
 
 
-def test_redis_restart_really_restarted_the_broker_mid_stream() -> None:
-    row = row_of("broker_restart")
+@pytest.mark.parametrize("name", ["broker_restart", "broker_restart_kombu"])
+def test_redis_restart_really_restarted_the_broker_mid_stream(name: str) -> None:
+    row = row_of(name)
     assert row.runs == 2 and row.published > 0, row.notes
     assert row.figures["worker_deaths"] == 0, row.notes
 
@@ -65,9 +66,18 @@ def test_sigkill_really_killed_mid_event() -> None:
     row = row_of("sigkill")
     assert row.runs >= 20, row.notes
     assert row.figures["phase:post"] + row.figures["phase:run"] > 0, "some kills must land after the effect began"
-    for name in ("sigkill_whole", "sigkill_whole_rabbitmq"):
+    for name in ("sigkill_whole", "sigkill_whole_kombu", "sigkill_whole_rabbitmq"):
         whole = row_of(name)
         assert whole.runs >= 4 and whole.figures["whole"] >= 4, whole.notes
+
+
+@pytest.mark.parametrize("name", ["sigkill_whole_kombu", "broker_restart_kombu"])
+def test_kombu_rows_publish_through_the_kombu_door_in_both_modes(name: str) -> None:
+    """Every event of these rows went in as a plain kombu publish to the topic exchange."""
+    row = row_of(name)
+    modes = row.figures["kombu_modes"]
+    assert modes["structured"] > 0 and modes["binary"] > 0, row.notes
+    assert modes["structured"] + modes["binary"] == row.published, row.notes
 
 
 def test_store_outage_is_logged_once_per_outage_not_per_attempt_or_process() -> None:

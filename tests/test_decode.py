@@ -329,3 +329,84 @@ def test_invalid_payloads_name_the_field(type_, data, field):
         catalog.validate(incoming(type_, data))
     message = str(info.value)
     assert message.startswith(f"{type_} data is invalid") and field in message
+
+
+# --- header values as real clients send them (py-amqp, pika, kombu's envelope) -----------
+
+
+def test_an_amqp_timestamp_time_header_means_utc():
+    """py-amqp decodes an AMQP ``timestamp`` as a naive datetime, UTC by the AMQP spec."""
+    event = decode(binary(**{"ce-time": datetime(2025, 6, 26, 10, 0, 5)}), LIMIT)
+    assert event.time == datetime(2025, 6, 26, 10, 0, 5, tzinfo=timezone.utc)
+
+
+def test_an_aware_datetime_time_header_is_kept_as_utc():
+    from datetime import timedelta
+
+    offset = timezone(timedelta(hours=2))
+    event = decode(binary(**{"ce-time": datetime(2025, 6, 26, 12, 0, tzinfo=offset)}), LIMIT)
+    assert event.time == T
+
+
+def test_integer_boolean_bytes_and_table_headers_become_cloudevents_strings():
+    raw = binary(**{"ce-attempt": 3, "ce-retried": True, "ce-draft": False, "ce-tenant": b"acme",
+                    "x-trace": {"hops": [1, b"two", datetime(2025, 1, 1)]}, "x-void": None})
+    assert {k: raw.headers[k] for k in ("ce-attempt", "ce-retried", "ce-draft", "ce-tenant")} == {
+        "ce-attempt": "3", "ce-retried": "true", "ce-draft": "false", "ce-tenant": "acme"}
+    assert json.loads(raw.headers["x-trace"]) == {"hops": [1, "two", "2025-01-01T00:00:00Z"]}
+    assert "x-void" not in raw.headers  # an AMQP void header is absent
+    assert decode(raw, LIMIT).id == "hb-1"
+
+
+def test_a_naive_time_string_is_still_malformed():
+    """Only a typed timestamp means UTC; RFC 3339 text must carry its offset."""
+    assert "time" in malformed(binary(**{"ce-time": "2025-06-26T10:00:05"}))
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/vnd.oms+json; charset=utf-8", None])
+def test_binary_data_that_is_not_json_names_that_fault(content_type):
+    message = encode(heartbeat_event(), "binary")
+    raw = RawMessage.build(message.headers, content_type, b'{"job_id": "job-42", ')
+    reason = malformed(raw)
+    assert reason.startswith("data is not valid JSON") and "must be a JSON object" not in reason
+
+
+def test_binary_data_of_another_media_type_is_judged_as_not_an_object():
+    message = encode(heartbeat_event(), "binary")
+    assert "data must be a JSON object, got str" in malformed(RawMessage.build(message.headers, "text/plain", b"hi"))
+
+
+def test_a_transport_fault_is_the_dead_letter_reason():
+    raw = RawMessage.build({}, None, b"junk", fault="not a kombu message: the list entry is not JSON (x)")
+    assert malformed(raw) == "not a kombu message: the list entry is not JSON (x)"
+
+
+def test_too_many_headers_names_the_limit_and_its_setting():
+    raw = binary(**{f"x-{n}": "v" for n in range(10)})
+    count = len(raw.headers)
+    assert decode(raw, LIMIT, max_headers=count).id == "hb-1"  # exactly at the limit is fine
+    assert malformed(raw, max_headers=count - 1) == (
+        f"message has {count} headers, over the limit of {count - 1} (INDEXGATE_MAX_HEADERS)")
+
+
+def test_a_header_too_large_names_the_limit_and_its_setting():
+    raw = binary(**{"x-big": "v" * 100})
+    assert decode(raw, LIMIT, max_header_bytes=105).id == "hb-1"  # name (5) + value (100)
+    reason = malformed(raw, max_header_bytes=104)
+    assert reason == "header 'x-big' is 105 bytes (name + value), over the 104-byte limit (INDEXGATE_MAX_HEADER_BYTES)"
+
+
+def test_a_dead_letter_keeps_bounded_headers(tmp_path):
+    settings = Settings(data_dir=tmp_path, max_headers=5, max_header_bytes=64)
+    initialize_store(settings)
+    service = Service.from_settings(settings)
+    raw = binary(**{f"x-{n:02}": "w" * (200 if n == 0 else 1) for n in range(20)})
+    outcome = ingest(service, settings, raw)
+    [letter] = service.store.dead_letters()
+    assert outcome.status == "dead_lettered" and "INDEXGATE_MAX_HEADERS" in letter.reason
+    assert len(letter.headers) == 6 and letter.headers["x-indexgate-headers-dropped"] == str(len(raw.headers) - 5)
+    big = Settings(data_dir=tmp_path, max_header_bytes=64)
+    ingest(service, big, binary(**{"x-big": "w" * 200}))
+    kept = service.store.dead_letters()[0]
+    assert "INDEXGATE_MAX_HEADER_BYTES" in kept.reason and kept.headers["x-big"].endswith("...[cut: 200 bytes]")
+    service.store.close()

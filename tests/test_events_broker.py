@@ -16,7 +16,8 @@ import pytest
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_rabbitmq_event
 from kombu import Exchange, Queue
 
-from indexgate.events.publisher import Publisher, broker_connection, funnel_event
+from indexgate.events.brokers import transport_for
+from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.clock import poll
 from indexgate.service import Service
 from indexgate.settings import Settings
@@ -47,7 +48,7 @@ class OutProbe:
     """A queue bound to the outgoing exchange, to read what indexgate announces."""
 
     def __init__(self, settings: Settings) -> None:
-        self.conn = broker_connection(settings)
+        self.conn = transport_for(settings).connection()
         exchange = Exchange(settings.out_exchange, type="topic", durable=True)
         self.queue = Queue(f"{settings.out_exchange}.probe", exchange, routing_key="#", durable=True)
         self.simple = self.conn.SimpleQueue(self.queue)

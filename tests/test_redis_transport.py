@@ -1,4 +1,4 @@
-"""``events.redis_transport``: a channel detached by Celery's ``collect()`` after Redis died
+"""``events.brokers.redis_kombu``: a channel detached by Celery's ``collect()`` after Redis died
 is left alone instead of crashing the worker, and its unacked message is kept.
 
 A private ``redis-server`` (AOF on, like the chaos suite's) is killed under a consumer that
@@ -19,7 +19,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from bench.chaos.servers import RedisServer
-from indexgate.events.redis_transport import TRANSPORT
+from indexgate.events.brokers.redis_kombu import TRANSPORT
 
 
 def test_a_collected_channel_skips_ack_and_restore_and_keeps_the_message(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage
 
-from indexgate.events import catalog, redis_stream
+from indexgate.events import catalog
+from indexgate.events.brokers import redis_stream
 from indexgate.events.decode import event_key
 from indexgate.events.intake import Delivery, HandOff, ingest_batch
 from indexgate.events.publisher import Publisher, encode, funnel_event
@@ -44,7 +45,7 @@ def settings(tmp_path: Path):
 
 @pytest.fixture
 def conn(settings: Settings):
-    client = redis_stream.client(settings)
+    client = redis_stream.client(settings.resolved_broker_url)
     yield client
     client.close()
 
@@ -193,8 +194,11 @@ def test_during_a_store_outage_the_pump_reads_only_a_probe_per_retry_interval(se
     from indexgate.workers.intake import StreamPump
     from indexgate.workers.runtime import outage_flag
 
+    from indexgate.events.brokers import transport_for
+
     class App:  # what the pump reads of the Celery app
         indexgate_settings = settings
+        indexgate_transport = transport_for(settings)
 
     pump = StreamPump(App(), consumer="w1")
     group = redis_stream.StreamGroup(conn, settings, "w1")

@@ -28,7 +28,7 @@ from celery.signals import worker_init, worker_process_init
 from kombu.utils.url import maybe_sanitize_url
 
 from indexgate.beat_schedule import build_schedule
-from indexgate.events.publisher import transport_class, transport_options
+from indexgate.events.brokers import transport_for
 from indexgate.errors import StoreUnavailable
 from indexgate.settings import TASK_TIME_LIMIT_S, Settings, check_celery_broker
 from indexgate.store import initialize_store
@@ -45,13 +45,13 @@ def create_app(settings: Settings | None = None, on_switch_step: Callable[[str],
     ``on_switch_step`` is called at each step of a switch (tests inject faults with it)."""
     settings = settings or Settings.from_env()
     check_celery_broker(settings, os.environ)  # a `celery -b` / CELERY_BROKER_URL that disagrees stops it
+    transport = transport_for(settings)
     app = Celery("indexgate", set_as_current=False)
     app.indexgate_settings = settings  # type: ignore[attr-defined]
+    app.indexgate_transport = transport  # type: ignore[attr-defined]
     app.indexgate_on_switch_step = on_switch_step  # type: ignore[attr-defined]
     app.conf.update(
-        broker_url=settings.resolved_broker_url,
-        broker_transport_options=transport_options(settings),
-        broker_transport=transport_class(settings),
+        **transport.celery_config(),  # a plain broker URL; our patched kombu transport by its alias
         broker_connection_retry_on_startup=True,
         result_backend=None,
         task_ignore_result=True,
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, on_switch_step: Callable[[str],
         timezone="UTC",
         enable_utc=True,
     )
-    app.steps["consumer"].add(IntakeStep)  # each step includes itself only for its kind of broker
+    app.steps["consumer"].add(IntakeStep)  # each step includes itself only for its transport's IntakeMode
     app.steps["worker"].add(StreamStep)
     register_tasks(app)
     _connect_signals(app)
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, on_switch_step: Callable[[str],
 def _connect_signals(app: Celery) -> None:
     def make_dirs(**_) -> None:
         app.indexgate_settings.ensure_data_dirs()  # type: ignore[attr-defined]
+        app.indexgate_transport.prepare()  # type: ignore[attr-defined]  # the embedded broker's folders
 
     def freeze(**_) -> None:
         # Everything loaded by now lives as long as the process: keep it out of the

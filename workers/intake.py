@@ -3,22 +3,26 @@
 Celery only runs its own task messages, so foreign messages come in beside it and are
 handed to the pool as one ``indexgate.intake`` task each (durable, persistent); decoding,
 validation, dead-lettering and the store all happen in the pool, under the tasks' retry
-policy. Two doors, chosen by the broker:
+policy. The broker's intake transport (``events.brokers``) says which of two bootsteps
+runs (``IntakeMode``) and what it reads:
 
-- RabbitMQ and the embedded broker: ``IntakeStep``, a consumer bootstep (Celery's
-  documented hook for foreign messages). It acks the originals only after the broker
-  confirmed their hand-off task (several per task on RabbitMQ, see the class); if the
-  hand-off fails they go back to the queue.
-- Redis: ``StreamStep`` starts ``StreamPump``, a thread reading the intake stream with a
-  consumer group (see ``events.redis_stream`` for why not a kombu list). It hands off
-  what it read as one task (up to ``intake_batch_max`` entries) and does *not* ack them:
-  the task acks each entry after its effect is committed. While hand-off tasks wait in
-  the task queue (the pool is behind) it reads nothing, so entries gather in the stream
-  and go out in bigger batches: one event costs the worker less the busier it is, and a
-  backlog stays in the stream, not in the task queue. While the store is down (the
-  outage flag of ``workers.runtime.Outage``) it reads one entry per retry interval, a
-  probe. Entries left pending by a dead worker or a lost task are claimed after
-  ``intake_claim_idle_s`` and handed off again.
+- ``IntakeMode.CONSUMER`` (RabbitMQ, the embedded broker): ``IntakeStep``, a consumer
+  bootstep (Celery's documented hook for foreign messages) on the transport's queues. It
+  acks the originals only after the broker confirmed their hand-off task (several per
+  task on RabbitMQ, see the class); if the hand-off fails they go back to the queue.
+- ``IntakeMode.PUMP`` (Redis): ``StreamStep`` starts ``StreamPump``, a thread reading the
+  intake stream with a consumer group (see ``events.brokers.redis_stream`` for why not a
+  kombu list). Every cycle it also moves what kombu publishers put on the intake's list
+  into the stream (one atomic script; every ``MOVE_EVERY_S``, every ``MOVE_BUSY_EVERY_S``
+  while kombu publishes keep coming, at once while moves come back full; a read blocks
+  only until the next move is due). It hands off what it read as one task (up to ``intake_batch_max`` entries)
+  and does *not* ack them: the task acks each entry after its effect is committed. While
+  hand-off tasks wait in the task queue (the pool is behind) it reads nothing, so entries
+  gather in the stream and go out in bigger batches: one event costs the worker less the
+  busier it is, and a backlog stays in the stream, not in the task queue. While the store
+  is down (the outage flag of ``workers.runtime.Outage``) it reads one entry per retry
+  interval, a probe. Entries left pending by a dead worker or a lost task are claimed
+  after ``intake_claim_idle_s`` and handed off again.
 """
 
 from __future__ import annotations
@@ -26,20 +30,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from celery import bootsteps
 from kombu import Consumer
 
-from indexgate.events import redis_stream
+from indexgate.events.brokers import IntakeMode
 from indexgate.events.decode import RawMessage
 from indexgate.events.intake import Delivery, HandOff
-from indexgate.events.publisher import intake_queue
-from indexgate.workers.runtime import outage_reported, settings_of
+from indexgate.workers.runtime import outage_reported, settings_of, transport_of
+
+if TYPE_CHECKING:
+    from indexgate.events.brokers.redis_stream import Entry, StreamGroup
 
 log = logging.getLogger(__name__)
 
 INTAKE_TASK = "indexgate.intake"
 FORGET_CONSUMER_IDLE_S = 3600  # a stream consumer this quiet, holding nothing, belonged to a gone worker
+MOVE_EVERY_S = 0.1  # Redis: how often the pump looks for kombu publishes (its reads block no longer)
+MOVE_BUSY_EVERY_S = 0.02  # ... while kombu publishes keep coming (within KOMBU_BUSY_S of the last)
+KOMBU_BUSY_S = 10.0
 
 
 class IntakeStep(bootsteps.ConsumerStep):
@@ -58,12 +68,12 @@ class IntakeStep(bootsteps.ConsumerStep):
         super().__init__(parent, **kwargs)
 
     def include_if(self, parent) -> bool:
-        return not redis_stream.uses_stream(settings_of(parent.app))
+        return transport_of(parent.app).mode is IntakeMode.CONSUMER
 
     def get_consumers(self, channel):
         self.held, self.armed = [], False  # a new connection: the old one's messages come back anyway
         prefetch = settings_of(self.app).intake_prefetch
-        return [Consumer(channel, queues=[intake_queue(settings_of(self.app))], on_message=self.on_message,
+        return [Consumer(channel, queues=transport_of(self.app).consumer_queues(), on_message=self.on_message,
                          prefetch_count=prefetch, accept=None)]
 
     def on_message(self, message) -> None:
@@ -116,7 +126,7 @@ class StreamStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
 
     def include_if(self, parent) -> bool:
-        return redis_stream.uses_stream(settings_of(parent.app))
+        return transport_of(parent.app).mode is IntakeMode.PUMP
 
     def start(self, parent) -> None:
         self.pump = StreamPump(parent.app, consumer=parent.hostname)
@@ -132,16 +142,19 @@ class StreamStep(bootsteps.StartStopStep):
 class StreamPump(threading.Thread):
     """Reads the intake stream and hands entries off; never acks (the task does)."""
 
-    BLOCK_MS = 1000  # how long one read waits; also how soon ``stop`` is noticed
+    BLOCK_MS = int(MOVE_EVERY_S * 1000)  # how long one read waits; also how soon ``stop`` is noticed
 
     def __init__(self, app, consumer: str) -> None:
         super().__init__(name="indexgate-stream-intake", daemon=True)
         self.app = app
         self.settings = settings_of(app)
+        self.transport = transport_of(app)
         self.consumer = consumer
         self._stopping = threading.Event()
         self._next_claim = 0.0
         self._next_probe = 0.0
+        self._next_move = 0.0
+        self._kombu_seen = float("-inf")
         self._cursor = "0-0"
 
     def stop(self, timeout_s: float = 5) -> None:
@@ -151,9 +164,8 @@ class StreamPump(threading.Thread):
     def run(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            conn = redis_stream.client(self.settings)
+            group = self.transport.stream_reader(self.consumer)
             try:
-                group = redis_stream.StreamGroup(conn, self.settings, self.consumer)
                 group.ensure()
                 self._resend_own(group)
                 if failures:
@@ -167,9 +179,9 @@ class StreamPump(threading.Thread):
                     log.error("intake stream unavailable, retrying with backoff: %s", exc)
                 self._stopping.wait(min(self.settings.store_retry_max_s, 0.5 * 2 ** min(failures, 7)))
             finally:
-                conn.close()
+                group.conn.close()
 
-    def _resend_own(self, group: redis_stream.StreamGroup) -> None:
+    def _resend_own(self, group: StreamGroup) -> None:
         """After a (re)connect: what this consumer had read and not seen acked goes out
         again; duplicates of what did get applied are dropped by the event inbox."""
         after = "0"
@@ -177,13 +189,14 @@ class StreamPump(threading.Thread):
             self._hand_off(entries)
             after = entries[-1].ref
 
-    def _cycle(self, group: redis_stream.StreamGroup) -> None:
+    def _cycle(self, group: StreamGroup) -> None:
+        self._move(group)
         count = self._room(group)
         if not count:
             return
         if time.monotonic() >= self._next_claim:
             self._claim(group, count)
-        entries = group.read_new(count, self.BLOCK_MS)
+        entries = group.read_new(count, self._block_ms())
         if entries and len(entries) < count and self.settings.intake_linger_s > 0:
             # a moment for the next few to arrive: one task for several events costs the
             # worker far less than one task each, for a delay well under a broker hop
@@ -191,7 +204,24 @@ class StreamPump(threading.Thread):
             entries += group.read_new(count - len(entries), None)
         self._hand_off(entries)
 
-    def _room(self, group: redis_stream.StreamGroup) -> int:
+    def _move(self, group: StreamGroup) -> None:
+        """The kombu door: what kombu publishers left on the intake's list goes into the
+        stream (the move also tells `intake status` this worker's intake is alive). Again
+        at once while moves come back full, so a kombu backlog drains at full speed."""
+        now = time.monotonic()
+        if now < self._next_move:
+            return
+        moved = group.move_kombu(self.settings.intake_batch_max)
+        if moved:
+            self._kombu_seen = now
+        every_s = MOVE_BUSY_EVERY_S if now - self._kombu_seen < KOMBU_BUSY_S else MOVE_EVERY_S
+        self._next_move = now if moved >= self.settings.intake_batch_max else now + every_s
+
+    def _block_ms(self) -> int:
+        """How long a read may wait for new entries: until the next move is due."""
+        return max(1, min(self.BLOCK_MS, int((self._next_move - time.monotonic()) * 1000)))
+
+    def _room(self, group: StreamGroup) -> int:
         """How many entries to read now (0: none, after a short wait)."""
         if outage_reported(self.settings):
             # The store is down: what the pool holds is retrying already, so new entries
@@ -202,14 +232,14 @@ class StreamPump(threading.Thread):
                 return 0
             self._next_probe = time.monotonic() + self.settings.store_retry_max_s
             return 1
-        if group.conn.llen(self.settings.task_queue) >= self.settings.intake_waiting_tasks_max:
+        if group.tasks_waiting() >= self.settings.intake_waiting_tasks_max:
             # the pool is behind: leave new entries in the stream, where they gather into
             # one bigger batch, instead of queueing one small task after another
             self._stopping.wait(0.003)
             return 0
         return self.settings.intake_batch_max
 
-    def _claim(self, group: redis_stream.StreamGroup, count: int) -> None:
+    def _claim(self, group: StreamGroup, count: int) -> None:
         idle_ms = int(self.settings.intake_claim_idle_s * 1000)
         self._cursor, entries = group.claim_idle(idle_ms, count, self._cursor)
         if entries:
@@ -223,7 +253,7 @@ class StreamPump(threading.Thread):
                 log.info("forgot %d intake stream consumer(s) idle for over an hour with nothing pending: %s",
                          len(gone), ", ".join(gone))
 
-    def _hand_off(self, entries: list[redis_stream.Entry]) -> None:
+    def _hand_off(self, entries: list[Entry]) -> None:
         if entries:
             items = [Delivery(raw=entry.raw, ref=entry.ref) for entry in entries]
             hand_off(self.app, HandOff(items=items, consumer=self.consumer))

@@ -16,17 +16,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from celery import Celery
 
-from indexgate.events import redis_stream
+from indexgate.events.brokers import Acks, IntakeTransport
 from indexgate.events.publisher import Publisher
 from indexgate.service import Service
 from indexgate.settings import Settings
-
-if TYPE_CHECKING:
-    import redis
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +113,15 @@ class Runtime:
     publisher: Publisher
     outage: Outage
     pid: int
-    _redis: "redis.Redis | None" = None
 
-    def acks(self, consumer: str | None) -> redis_stream.StreamGroup | None:
-        """Who acks a hand-off's stream entries: the intake stream's group (Redis only)."""
-        if consumer is None or not redis_stream.uses_stream(self.settings):
-            return None
-        if self._redis is None:
-            self._redis = redis_stream.client(self.settings)
-        return redis_stream.StreamGroup(self._redis, self.settings, consumer)
+    def acks(self, consumer: str | None) -> Acks | None:
+        """Who acks a hand-off's entries after their commit: the broker's transport says
+        (the Redis intake stream's group; None where the intake acked already)."""
+        return self.publisher.transport.acks(consumer)
 
     def close(self) -> None:
         self.service.store.close()
         self.publisher.close()
-        if self._redis is not None:
-            self._redis.close()
 
 
 _guard = threading.Lock()
@@ -140,6 +129,11 @@ _guard = threading.Lock()
 
 def settings_of(app: Celery) -> Settings:
     return app.indexgate_settings  # type: ignore[attr-defined]
+
+
+def transport_of(app: Celery) -> IntakeTransport:
+    """The app's intake transport, chosen once from the broker URL by ``create_app``."""
+    return app.indexgate_transport  # type: ignore[attr-defined]
 
 
 def runtime(app: Celery) -> Runtime:

@@ -23,8 +23,10 @@ def _lazy(module: str, function: str = "run") -> Callable[..., Row]:
 SCENARIOS: dict[str, Callable[..., Row]] = {
     "sigkill": _lazy("sigkill"),
     "sigkill_whole": _lazy("sigkill", "run_whole"),
+    "sigkill_whole_kombu": _lazy("sigkill", "run_whole_kombu"),
     "sigkill_whole_rabbitmq": _lazy("sigkill", "run_whole_rabbitmq"),
     "broker_restart": _lazy("broker_restart"),
+    "broker_restart_kombu": _lazy("broker_restart", "run_kombu"),
     "broker_restart_rabbitmq": _lazy("broker_restart", "run_rabbitmq"),
     "store_outage": _lazy("store_outage"),
     "hostile": _lazy("hostile"),
@@ -45,6 +47,7 @@ def failed(row: Row) -> bool:
     return bool(failures(row))
 
 
-LEGEND = """runs: sigkill* = mid-event SIGKILLs, broker_restart* = broker restarts, store_outage = outages,
+LEGEND = """runs: sigkill* = mid-event SIGKILLs, broker_restart* = broker restarts (*_kombu: the funnel publishes with
+plain kombu to the topic exchange on Redis, the kombu door), store_outage = outages,
 hostile = Hypothesis examples drawn, mutex_history = SIGSTOP pauses. Definitions of the other
 columns: bench/chaos/common.py. mutex_history publishes no events (processes call the service)."""

@@ -161,12 +161,13 @@ def oversized_dead_letter() -> bool:
 
 def unconfirmed_publisher() -> bool:
     """events.publisher connects without publisher confirms, also on RabbitMQ."""
-    from indexgate.events.publisher import Publisher, transport_options
+    from indexgate.events.brokers import transport_for
+    from indexgate.events.publisher import Publisher
 
     settings = Settings(data_dir=Path(tempfile.gettempdir()), broker_url="amqp://guest:guest@127.0.0.1:5672//")
     publisher = Publisher(settings)
     options = dict(publisher.connection.transport_options)
-    print(f"  Celery's producer (events.publisher.transport_options): {transport_options(settings)}; "
+    print(f"  Celery's producer (events.brokers transport_options): {transport_for(settings).transport_options()}; "
           f"events.publisher.Publisher connection: {options or '{}'} - no confirm_publish, so publish_entries() "
           "returns before RabbitMQ has the message and the entry is marked published anyway")
     return "confirm_publish" not in options
@@ -188,7 +189,7 @@ def redis_whole_kill() -> bool:
 
 def redis_restart_crash(trials: int = 6, transport: str = "") -> bool:
     """A plain Celery app (no indexgate code) with acks_late dies on a Redis restart
-    (``redis_restart_patched`` runs the same on ``events.redis_transport``: it survives)."""
+    (``redis_restart_patched`` runs the same on ``events.brokers.redis_kombu``: it survives)."""
     deaths = 0
     with scratch("finding") as folder:
         for trial in range(trials):
@@ -237,7 +238,7 @@ def redis_restart_crash(trials: int = 6, transport: str = "") -> bool:
 
 def redis_restart_patched(trials: int = 6) -> bool:
     """The same plain app on indexgate's Redis transport: no worker dies (False = fixed)."""
-    from indexgate.events.redis_transport import TRANSPORT
+    from indexgate.events.brokers.redis_kombu import TRANSPORT
 
     return redis_restart_crash(trials, transport=TRANSPORT)
 

@@ -3,7 +3,7 @@
 Used by ``findings.py redis_restart_crash`` to show that the worker crash on a Redis
 restart comes from Celery/kombu, not from indexgate's intake bootstep: same reliability
 settings (acks_late, reject_on_worker_lost, prefetch 1), one task that sleeps 20 ms.
-With ``PLAIN_TRANSPORT=events.redis_transport:Transport`` it runs on indexgate's patched
+With ``PLAIN_TRANSPORT=indexgate.events.brokers.redis_kombu:Transport`` it runs on indexgate's patched
 Redis transport instead, to show the workaround holds.
 """
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from indexgate.events import redis_stream
+from indexgate.events.brokers import redis_stream, transport_for
 from indexgate.settings import Settings
 from indexgate.testing.broker_names import waiting_count
 
@@ -167,10 +167,9 @@ def delivery_settings(settings: Settings) -> str:
              f"worker_prefetch_multiplier={conf.worker_prefetch_multiplier}",
              f"IndexgateTask.acks_late={task.acks_late}", f"reject_on_worker_lost={task.reject_on_worker_lost}",
              f"max_retries={task.max_retries}", f"broker_transport_options={dict(conf.broker_transport_options)}"]
-    if redis_stream.uses_stream(settings):
-        parts.append(f"intake: Redis stream {redis_stream.stream_key(settings)} read by consumer group "
-                     f"{settings.intake_group}, each entry acked by the task after its commit, claimed again after "
-                     f"intake_claim_idle_s={settings.intake_claim_idle_s}")
+    note = transport_for(settings).delivery_note()
+    if note:
+        parts.append(note)
     app.close()
     return ", ".join(parts)
 
@@ -195,10 +194,11 @@ def broker_diagnosis(settings: Settings, tokens: Iterable[str]) -> str:
             return decoded
 
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
-    ready = {name: [text(m) for m in client.lrange(name, 0, -1)]
+    ready = {name: [text(m) for key in redis_stream.kombu_lists(name) for m in client.lrange(key, 0, -1)]
              for name in (settings.intake_queue, settings.task_queue)}
     stream = redis_stream.stream_key(settings)
-    ready[stream] = [b" ".join(fields.values()).decode("utf-8", "replace") for _ref, fields in client.xrange(stream)]
+    ready[stream] = [text(fields[b"kombu"]) if b"kombu" in fields else b" ".join(fields.values()).decode("utf-8", "replace")
+                     for _ref, fields in client.xrange(stream)]
     unacked = {k.decode(): text(v) for k, v in client.hgetall("unacked").items()}
     where = {}
     for token in tokens:

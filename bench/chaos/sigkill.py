@@ -8,8 +8,9 @@ moment, and SIGKILLs:
 
 - ``sigkill``: that pool process. The parent sees the worker lost and, with
   ``task_reject_on_worker_lost``, requeues the unacked message at once (any broker);
-- ``sigkill_whole`` (Redis) and ``sigkill_whole_rabbitmq``: the whole worker (parent and
-  pool), then starts a replacement. Nothing requeues from inside. RabbitMQ returns a dead
+- ``sigkill_whole`` (Redis), ``sigkill_whole_kombu`` (Redis, the funnel publishing with
+  plain kombu to the topic exchange: the kombu door) and ``sigkill_whole_rabbitmq``: the
+  whole worker (parent and pool), then starts a replacement. Nothing requeues from inside. RabbitMQ returns a dead
   connection's unacked messages at once. On Redis the dead worker's intake stream entries
   stay pending and the other worker claims them after ``intake_claim_idle_s`` (3 s in this
   run, 60 s in production); its unacked hand-off tasks come back only after the visibility
@@ -29,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.chaos.common import Ledger, Row
+from bench.chaos.kombu_funnel import KombuFunnel
 from bench.chaos.procs import Workers, alive, children
 from bench.chaos.servers import (
     broker_url,
@@ -56,13 +58,22 @@ def run_whole(broker: str = "redis", short: bool = True, seed: int = 12) -> Row:
                 intake_claim_idle_s=CLAIM_IDLE_S)
 
 
+def run_whole_kombu(broker: str = "redis", short: bool = True, seed: int = 14) -> Row:
+    """Whole workers SIGKILLed mid-event on Redis while the funnel publishes with plain kombu."""
+    return _run("sigkill_whole_kombu", "redis", whole=True, target=4 if short else 20, seed=seed, kombu=True,
+                intake_claim_idle_s=CLAIM_IDLE_S)
+
+
 def run_whole_rabbitmq(broker: str = "rabbitmq", short: bool = True, seed: int = 13) -> Row:
     """Whole workers SIGKILLed mid-event on RabbitMQ, whatever ``broker`` says."""
     return _run("sigkill_whole_rabbitmq", "rabbitmq", whole=True, target=4 if short else 20, seed=seed)
 
 
-def _run(name: str, broker: str, whole: bool, target: int, seed: int, **overrides: float) -> Row:
-    """``overrides``: settings for this run (e.g. a short ``intake_claim_idle_s``)."""
+def _run(name: str, broker: str, whole: bool, target: int, seed: int, kombu: bool = False,
+         **overrides: float) -> Row:
+    """``overrides``: settings for this run (e.g. a short ``intake_claim_idle_s``); ``kombu``:
+    the funnel publishes with plain kombu to the topic exchange instead of indexgate's
+    publisher."""
     limit_s = 60 + 6 * target
     row = Row(name)
     rng = random.Random(seed)
@@ -73,7 +84,7 @@ def _run(name: str, broker: str, whole: bool, target: int, seed: int, **override
         env = {"CHAOS_PROBE_DIR": str(probe_dir), "CHAOS_PROBE_SLEEP_MS": str(PROBE_SLEEP_MS)}
         workers = Workers(settings, app_module="bench.chaos.probe")
         service = Service.from_settings(settings)
-        publisher = Publisher(settings)
+        publisher = KombuFunnel(url, settings.funnel_exchange) if kombu else Publisher(settings)
         ledger = Ledger()
         stream = JobStream(publisher, service.store, ledger, rng, branches=4, in_flight=8)
         stats = Counter()
@@ -115,6 +126,9 @@ def _run(name: str, broker: str, whole: bool, target: int, seed: int, **override
                  f"run = in decode/store, post = committed, not yet acked); {stats['idle']} more kills found the "
                  f"process already idle; {stream.started} jobs on 4 branches, 2 workers x 2 pool processes, "
                  f"{url.split('://')[0]}")
+        if kombu:
+            row.note(publisher.describe())
+            row.figures["kombu_modes"] = dict(publisher.modes)
         row.note("holds because: " + delivery_settings(settings) + "; and the inbox key (source|id) is written in "
                  "the effect's transaction, so a redelivery is a no-op")
         row.figures.update(stats)

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi.sse import ServerSentEvent
 from kombu import Exchange, Queue
 
-from indexgate.events.publisher import broker_connection
+from indexgate.events.brokers import transport_for
 from indexgate.settings import Settings, sanitized_url
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class ChangeFeed:
             delay_s = min(delay_s * 2, RETRY_MAX_S)
 
     def _consume(self) -> None:
-        conn = broker_connection(self.settings)
+        conn = transport_for(self.settings).connection()  # like the workers': same transport and options
         try:
             conn.ensure_connection(max_retries=1)
             queue = self._queue()

@@ -14,8 +14,10 @@ Here the channel's QoS skips those calls while the channel is detached, with a w
 Nothing is lost by skipping them: the messages stay in kombu's ``unacked`` hash and are
 restored by a consumer after the visibility timeout (a finished task's message then runs
 again - harmless, tasks are idempotent), and the funnel's events are not even among them
-(they travel in the intake stream, ``events.redis_stream``). Remove this module when
-kombu's Redis channel survives a collected connection.
+(they are applied from the intake stream, ``redis_stream``). The Celery app names this
+transport by the alias ``indexgate-redis`` (``indexgate-rediss``), shown as ``redis://``
+(``rediss://``): see ``kombu_alias``. Remove this module when kombu's Redis channel
+survives a collected connection.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ import logging
 
 from kombu.transport import redis
 
+from indexgate.events.brokers.kombu_alias import register_alias
+
 log = logging.getLogger(__name__)
 
-TRANSPORT = "indexgate.events.redis_transport:Transport"
+TRANSPORT = "indexgate.events.brokers.redis_kombu:Transport"
+ALIASES = {"redis": register_alias("indexgate-redis", TRANSPORT, shown_as="redis"),
+           "rediss": register_alias("indexgate-rediss", TRANSPORT, shown_as="rediss")}
 
 
 class QoS(redis.QoS):

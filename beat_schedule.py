@@ -1,8 +1,9 @@
-"""Celery beat's periodic sweeps, and nothing else.
+"""Celery beat's periodic jobs (sweeps, outbox relay, retention), and nothing else.
 
 Every sweep is idempotent (a second beat, or a sweep racing an event, changes nothing
 twice), but run exactly one beat with the default scheduler: two beats double the work.
-Intervals come from ``Settings`` (``INDEXGATE_*_INTERVAL_S``).
+Intervals come from ``Settings`` (``INDEXGATE_*_INTERVAL_S``). The sweeps read only what is
+due (``Store.branches_due``); retention prunes inbox keys, audit entries and dead letters.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ SWEEP_TTL = "indexgate.sweep_ttl"
 SWEEP_HEARTBEATS = "indexgate.sweep_heartbeats"
 HEALTH_SWEEP = "indexgate.health_sweep"
 RELAY_OUTBOX = "indexgate.relay_outbox"
+RETENTION = "indexgate.retention"
 
 
 def build_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -29,4 +31,5 @@ def build_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "heartbeat-cleanup": every(SWEEP_HEARTBEATS, settings.heartbeat_sweep_interval_s),
         "health-sweep": every(HEALTH_SWEEP, settings.health_sweep_interval_s),
         "outbox-relay": every(RELAY_OUTBOX, settings.outbox_relay_interval_s),
+        "retention": every(RETENTION, settings.retention_interval_s),
     }

@@ -115,7 +115,25 @@ class Report:
         (folder / "RESULTS.md").write_text(self.markdown())
         self._histogram(folder / "latency.png")
 
-    def markdown(self) -> str:
+    def write_section(self, folder: Path, name: str) -> None:
+        """Put this run into section ``## name`` of the existing ``RESULTS.md`` (replacing an
+        earlier run of that section; the rest of the report stays) and ``results.json``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        md, js = folder / "RESULTS.md", folder / "results.json"
+        old = md.read_text() if md.exists() else "# indexgate benchmark results\n"
+        heading = f"\n## {name}\n"
+        if heading in old:
+            head, _, rest = old.partition(heading)
+            following = rest.find("\n## Section: ")
+            old = head + (rest[following:] if following >= 0 else "\n")
+        body = self.markdown(level="###").split("\n", 2)[2]  # without the report's own title
+        md.write_text(old.rstrip("\n") + "\n" + heading + "\n" + body)
+        payload = json.loads(js.read_text()) if js.exists() else {}
+        payload.setdefault("sections", {})[name] = {"context": self.context,
+                                                    "figures": [asdict(f) | {"ratio": f.ratio} for f in self.figures]}
+        js.write_text(json.dumps(payload, indent=2))
+
+    def markdown(self, level: str = "##") -> str:
         ctx = self.context
         lines = ["# indexgate benchmark results", "",
                  f"Run {ctx.get('when', '')} on **{ctx.get('machine', '')}**.", "",
@@ -128,18 +146,20 @@ class Report:
                  "measured in the same run; the ratio is value / baseline. Goals are reported, never asserted.",
                  "", "| figure | value | baseline (same run) | ratio | goal | met |", "|---|---|---|---|---|---|"]
         for f in self.figures:
+            ratio = f"{f.ratio:.3f}" if not 0 < abs(f.ratio) < 0.001 else f"{f.ratio:.1e}"
             lines.append(f"| {f.name} | {f.value:.3f} {f.unit} | {f.baseline_name}: {f.baseline:.3f} | "
-                         f"{f.ratio:.3f} | {f.goal} | {'yes' if f.met else '**no**'} |")
+                         f"{ratio} | {f.goal} | {'yes' if f.met else '**no**'} |")
         missed = [f for f in self.figures if not f.met]
-        lines += ["", "## Goals missed", ""]
+        lines += ["", f"{level} Goals missed", ""]
         lines += [f"- **{f.name}**: {f.note or 'see value'}" for f in missed] or ["None."]
         notes = [f for f in self.figures if f.met and f.note]
         if notes:
-            lines += ["", "## Notes", ""]
+            lines += ["", f"{level} Notes", ""]
             lines += [f"- **{f.name}**: {f.note}" for f in notes]
         if ctx.get("errors"):
-            lines += ["", "## Suites that failed", "", ctx["errors"]]
-        lines += ["", "![latency histograms](latency.png)", ""]
+            lines += ["", f"{level} Suites that failed", "", ctx["errors"]]
+        if level == "##":
+            lines += ["", "![latency histograms](latency.png)", ""]
         return "\n".join(lines)
 
     def _histogram(self, path: Path) -> None:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 20
 Notify = Callable[[Sequence[AuditEntry]], None]
+Due = Callable[[Any, datetime], "datetime | None"]  # the aggregate's next due time (indexgate.due)
 _NOT_ANNOUNCED = frozenset({AuditKind.IGNORED, AuditKind.UNKNOWN_JOB})
 
 
@@ -36,11 +37,17 @@ class Commits:
         self.notify = notify  # called with each commit's audit entries (outgoing events)
 
     def cas_loop(self, load: Callable[[], Any], save: Callable[..., int], rule: Callable[[Any, datetime], Transition],
-                 origin: Origin, name: str) -> Outcome:
-        """Load -> pure rule -> conditional save, again on a lost race; then announce."""
+                 origin: Origin, name: str, due: Due | None = None, sweeping: bool = False) -> Outcome:
+        """Load -> pure rule -> conditional save, again on a lost race; then announce.
+        ``due`` stamps the aggregate's next due time on every save; a ``sweeping`` rule that
+        changed nothing still saves when the stored due time was wrong (nothing is due yet),
+        so a sweep never reads that aggregate again for nothing."""
         for _ in range(CAS_ATTEMPTS):
             state = load()
-            transition = rule(state, self.clock())
+            now = self.clock()
+            transition = rule(state, now)
+            if due is not None:
+                _schedule(state, transition, due(transition.state, now), now, sweeping)
             for entry in transition.audit:
                 entry.published = entry.kind in _NOT_ANNOUNCED
                 entry.cause = origin.key
@@ -91,6 +98,15 @@ class Commits:
         assert self.notify is not None
         self.notify(due)
         self.store.mark_published([entry.entry_id for entry in due])
+
+
+def _schedule(before: Any, transition: Transition, due_at: datetime | None, now: datetime, sweeping: bool) -> None:
+    """Stamp the next due time; make a sweep save a due time that said "due" too early (a
+    store created before due times, a due time rounded by the store) with the right one."""
+    stale = before.due_at is not None and before.due_at <= now and (due_at is None or due_at > now)
+    transition.state.due_at = due_at
+    if sweeping and stale:
+        transition.touch()
 
 
 _RECORD_STATUSES = {AuditKind.UNKNOWN_JOB: Status.UNKNOWN_JOB, AuditKind.REFUSED: Status.REFUSED}

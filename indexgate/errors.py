@@ -21,6 +21,7 @@
     ├── OperatorError               an operator action cannot be done as asked
     │   ├── LockNotFound
     │   ├── InvalidRequest
+    │   │   └── LimitExceeded       a configured limit (INDEXGATE_MAX_*) would be passed
     │   ├── InvalidTransition       a shadow build cannot move to that state now
     │   │   └── SwitchClaimed       it is SWITCHING: another switch holds its claim
     │   └── StaleFencingToken       a pointer update older than the last one applied
@@ -107,6 +108,10 @@ class LockNotFound(OperatorError):
 
 class InvalidRequest(OperatorError):
     """The request's arguments do not make sense (e.g. a negative extension)."""
+
+
+class LimitExceeded(InvalidRequest):
+    """A request would pass a configured limit; the message names the limit and its setting."""
 
 
 class InvalidTransition(OperatorError):

@@ -144,6 +144,13 @@ def acquire(state: BranchState, req: AcquireRequest, now: datetime, policy: Poli
     ]
     if blockers:
         return _refuse(t, req, blockers, now)
+    if len(t.state.locks) + len(wanted) > policy.max_locks_per_branch:
+        _release_dead(t, now, policy, lambda lock: True)  # make room first: dead locks bind nobody
+        if len(t.state.locks) + len(wanted) > policy.max_locks_per_branch:
+            return _refuse(t, req, [], now, why=(
+                f"branch {t.state.branch} holds {len(t.state.locks)} live lock(s); {len(wanted)} more would pass the "
+                f"limit of {policy.max_locks_per_branch} live locks per branch (INDEXGATE_MAX_LOCKS_PER_BRANCH)"),
+                           limit="INDEXGATE_MAX_LOCKS_PER_BRANCH")
     ttl_s = min(req.ttl_s or policy.default_ttl_s, policy.max_ttl_s)
     clock = skew.observe(ClockSkew(), req.event_time, now, policy.max_clock_skew_s)
     for resource_type in wanted:
@@ -386,7 +393,8 @@ def _set_expiry(t: Transition, lock: Lock, new_expiry: datetime, actor: str, why
                   detail={"from": old.isoformat(), "to": new_expiry.isoformat()}))
 
 
-def _refuse(t: Transition, req: AcquireRequest, blockers: list[Lock], now: datetime) -> Transition:
+def _refuse(t: Transition, req: AcquireRequest, blockers: list[Lock], now: datetime, why: str = "",
+            limit: str | None = None) -> Transition:
     t.state.finished[req.job_id] = FinishedJob(status=JobStatus.REFUSED, holder=req.holder, ended_at=now,
                                                outcome="refused")
     t.touch()
@@ -394,8 +402,8 @@ def _refuse(t: Transition, req: AcquireRequest, blockers: list[Lock], now: datet
              "expires_at": b.expires_at.isoformat()} for b in blockers]
     t.note(AuditEntry(
         at=now, kind=AuditKind.REFUSED, actor=req.holder, branch=t.state.branch, job_id=req.job_id,
-        reason=f"conflicts with {len(blockers)} live lock(s) held by {', '.join(sorted({b.holder for b in blockers}))}",
-        detail={"requested": list(req.resource_types), "held_by": held},
+        reason=why or f"conflicts with {len(blockers)} live lock(s) held by {', '.join(sorted({b.holder for b in blockers}))}",
+        detail={"requested": list(req.resource_types), "held_by": held} | ({"limit": limit} if limit else {}),
     ))
     return t
 

@@ -23,6 +23,9 @@ class Policy:
     missed_heartbeats: int = 3
     job_retention_s: float = 7 * 86_400
     max_finished_jobs: int = 50
+    max_locks_per_branch: int = 256  # live locks one branch may hold; an acquire beyond is refused
+    max_builds_per_index: int = 20  # builds one (branch, index_type) keeps; the oldest finished go first
+    build_retention_s: float = 7 * 86_400  # finished builds (FAILED, CANCELLED, CLEANUP but not a backup) are forgotten after this
     max_early_ends: int = 1000  # ends that arrived before their job's started, kept store-wide
     max_clock_skew_s: float = 600  # a funnel clock off by up to this either way is corrected (indexgate.skew)
 

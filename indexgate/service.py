@@ -13,13 +13,14 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Callable, Sequence
 
-from indexgate import early_ends, locks, permissions
+from indexgate import due, early_ends, locks, permissions
 from indexgate.clock import Clock, utcnow
 from indexgate.commits import Commits, Notify
-from indexgate.errors import LockNotFound
+from indexgate.errors import LimitExceeded, LockNotFound
 from indexgate.locks import AcquireRequest, HeartbeatUpdate, LockView
 from indexgate.outcomes import Origin, Outcome, Status
 from indexgate.permissions import Decision
+from indexgate.retention import Retention, RetentionPolicy
 from indexgate.rules import Policy, Transition
 from indexgate.schemas.payloads import HeartbeatData, JobEnd, StartedData
 from indexgate.schemas.records import AuditEntry, AuditKind, BranchState, DeadLetter, Health, ReleaseReason
@@ -38,6 +39,9 @@ def policy_from(settings: Settings) -> Policy:
         missed_heartbeats=settings.missed_heartbeats,
         job_retention_s=settings.job_retention_s,
         max_finished_jobs=settings.max_finished_jobs,
+        max_locks_per_branch=settings.max_locks_per_branch,
+        max_builds_per_index=settings.max_builds_per_index,
+        build_retention_s=settings.build_retention_s,
         max_early_ends=settings.max_early_ends,
         max_clock_skew_s=settings.max_clock_skew_s,
     )
@@ -46,6 +50,7 @@ def policy_from(settings: Settings) -> Policy:
 class Service:
     def __init__(self, store: Store, policy: Policy, clock: Clock = utcnow, notify: Notify | None = None,
                  switch: SwitchPolicy | None = None, on_switch_step: Callable[[str], None] | None = None,
+                 retention: RetentionPolicy | None = None, max_resource_types_per_event: int = 256,
                  on_switch: Callable[[SwitchResult], None] | None = None) -> None:
         self.store = store
         self.policy = policy
@@ -53,13 +58,17 @@ class Service:
         self.commits = Commits(store, clock, notify)
         self.shadows = Shadows(self.commits, policy, self, switch or SwitchPolicy(), on_step=on_switch_step,
                                on_switch=on_switch)
+        self.retention = Retention(store, retention or RetentionPolicy(), clock)
+        self.max_resource_types_per_event = max_resource_types_per_event
 
     @classmethod
     def from_settings(cls, settings: Settings, notify: Notify | None = None,
                       on_switch_step: Callable[[str], None] | None = None,
                       on_switch: Callable[[SwitchResult], None] | None = None) -> "Service":
         return cls(open_store(settings), policy_from(settings), notify=notify,
-                   switch=SwitchPolicy.from_settings(settings), on_switch_step=on_switch_step, on_switch=on_switch)
+                   switch=SwitchPolicy.from_settings(settings), on_switch_step=on_switch_step,
+                   retention=RetentionPolicy.from_settings(settings),
+                   max_resource_types_per_event=settings.max_resource_types_per_event, on_switch=on_switch)
 
     def acquire(self, branch: str, request: AcquireRequest, origin: Origin) -> Outcome:
         """Grant locks directly (the switch lock); events go through ``start``."""
@@ -76,6 +85,10 @@ class Service:
 
     def start(self, data: StartedData, origin: Origin) -> Outcome:
         """Lock for a traditional job (none if its end already arrived); register a shadow build."""
+        if len(data.resource_types) > self.max_resource_types_per_event:
+            raise LimitExceeded(
+                f"resource_types names {len(data.resource_types)} types; the limit is "
+                f"{self.max_resource_types_per_event} resource types per event (INDEXGATE_MAX_RESOURCE_TYPES_PER_EVENT)")
         if data.indexing_mode == "shadow":
             return self.shadows.register(data, origin)
         request = AcquireRequest(
@@ -173,17 +186,20 @@ class Service:
 
     def sweep(self, reasons: Sequence[ReleaseReason]) -> list[AuditEntry]:
         """Release dead auto-release locks for ``reasons``; idempotent, safe to run twice."""
-        return self._over_locked_branches(lambda s, now: locks.sweep(s, now, self.policy, reasons))
+        return self._over_due_branches(lambda s, now: locks.sweep(s, now, self.policy, reasons))
 
     def refresh_health(self) -> list[AuditEntry]:
-        return self._over_locked_branches(lambda s, now: locks.refresh_health(s, now, self.policy))
+        return self._over_due_branches(lambda s, now: locks.refresh_health(s, now, self.policy))
 
     # --- core -----------------------------------------------------------------------
 
-    def _over_locked_branches(self, rule: Callable[[BranchState, datetime], Transition]) -> list[AuditEntry]:
+    def _over_due_branches(self, rule: Callable[[BranchState, datetime], Transition]) -> list[AuditEntry]:
+        """Apply a sweep's rule to the branches that are due (``BranchState.due_at``), not to
+        every locked one: with nothing due a sweep is one index read. A branch due for
+        another sweep's reason is left as it is (it stays due until that sweep)."""
         entries: list[AuditEntry] = []
-        for state in self.store.branches_with_locks():
-            entries += self._mutate(state.branch, rule, Origin(actor=locks.SWEEPER)).audit
+        for branch in self.store.branches_due(self.clock()):
+            entries += self._mutate(branch, rule, Origin(actor=locks.SWEEPER), sweeping=True).audit
         return entries
 
     def _for_job(self, job_id: str, origin: Origin, rule: Callable[[BranchState, datetime], Transition],
@@ -200,9 +216,11 @@ class Service:
     def _branch_of_lock(self, lock_id: str) -> str:
         return self.show(lock_id).lock.branch
 
-    def _mutate(self, branch: str, rule: Callable[[BranchState, datetime], Transition], origin: Origin) -> Outcome:
+    def _mutate(self, branch: str, rule: Callable[[BranchState, datetime], Transition], origin: Origin,
+                sweeping: bool = False) -> Outcome:
         return self.commits.cas_loop(lambda: self.store.load(branch) or BranchState(branch=branch),
-                                     self.store.save, rule, origin, branch)
+                                     self.store.save, rule, origin, branch,
+                                     due=lambda s, now: due.branch_due(s, now, self.policy), sweeping=sweeping)
 
     def relay_outbox(self, limit: int = 500) -> int:
         """Publish what a crash or a broker hiccup left unannounced; returns how many."""

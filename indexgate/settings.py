@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from indexgate.errors import ConfigError
 
 ENV_PREFIX = "INDEXGATE_"
+TASK_TIME_LIMIT_S = 300  # Celery's hard time limit for every task (workers.app); the soft one is 60 s less
 
 
 def _default_data_dir() -> Path:
@@ -80,7 +81,7 @@ class Settings(BaseSettings):
     )
     ttl_sweep_interval_s: float = Field(300, description="Beat: TTL cleanup period.")
     heartbeat_sweep_interval_s: float = Field(30, description="Beat: heartbeat cleanup period.")
-    health_sweep_interval_s: float = Field(60, description="Beat: health summary period.")
+    health_sweep_interval_s: float = Field(60, description="Beat: health changes (healthy, warning, critical) period.")
     outbox_relay_interval_s: float = Field(
         10, description="Beat: re-publish outgoing events a crash left unsent."
     )
@@ -174,6 +175,73 @@ class Settings(BaseSettings):
         1.0, gt=0, description="HTTP API: a store call that takes longer is answered 503 (unknown), never "
         "allowed; the API's SQLite busy timeout is capped at it too.",
     )
+    rabbitmq_consumer_timeout_s: float = Field(
+        1800, gt=0, description="The RabbitMQ server's consumer_timeout (its default: 30 min): a delivery held "
+        "unacked this long is requeued. Set it to the server's value: the inbox retention must outlive it.",
+    )
+    inbox_retention_s: float = Field(
+        86_400, description="Retention: how long an applied event's inbox key is kept (the exact-duplicate "
+        "guard). Must outlive every redelivery path (inbox_retention_floor_s; shorter refuses to start).",
+    )
+    audit_retention_s: float = Field(
+        30 * 86_400, description="Retention: published audit entries older than this are pruned (unpublished "
+        "ones - the outbox - never).",
+    )
+    dead_letter_retention_s: float = Field(30 * 86_400, description="Retention: dead letters older than this are pruned.")
+    build_retention_s: float = Field(
+        7 * 86_400, description="Finished shadow builds (FAILED, CANCELLED, CLEANUP that is no kept backup) are "
+        "forgotten this long after they finished (by the shadow sweep).",
+    )
+    retention_interval_s: float = Field(3600, description="Beat: retention (inbox, audit, dead letters) period.")
+    max_resource_types_per_event: int = Field(
+        256, ge=1, description="A `started` naming more resource types is dead-lettered (the reason names this limit).",
+    )
+    max_locks_per_branch: int = Field(
+        256, ge=1, description="Live locks one branch may hold; an acquire beyond is refused (lock.refused names "
+        "this limit). Every check and write reads the branch's locks.",
+    )
+    max_builds_per_index: int = Field(
+        20, ge=1, description="Builds one (branch, index_type) keeps: the oldest finished ones are forgotten to "
+        "make room; a build that would pass it with nothing to forget is refused (shadow.refused names it).",
+    )
+
+    @model_validator(mode="after")
+    def _retention_outlives_redelivery(self) -> "Settings":
+        """Refuse an inbox retention that a redelivered event could outlive: it would be
+        applied twice. ``ConfigError`` (not a ``ValueError``) passes through pydantic as is."""
+        floor = self.inbox_retention_floor_s
+        if self.inbox_retention_s < floor:
+            raise ConfigError(
+                f"INDEXGATE_INBOX_RETENTION_S={self.inbox_retention_s:g} is shorter than the longest an applied event "
+                f"can be delivered again ({floor:g} s: {self._floor_terms()}); an event redelivered after its inbox "
+                f"key was pruned would be applied twice. Set it to at least {floor:g}")
+        if self.retention_interval_s < self.store_retry_max_s + TASK_TIME_LIMIT_S:
+            raise ConfigError(
+                f"INDEXGATE_RETENTION_INTERVAL_S={self.retention_interval_s:g} is shorter than a retried batch may "
+                f"take after a store outage (INDEXGATE_STORE_RETRY_MAX_S {self.store_retry_max_s:g} + task time "
+                f"limit {TASK_TIME_LIMIT_S}); set it to at least {self.store_retry_max_s + TASK_TIME_LIMIT_S:g}")
+        return self
+
+    @property
+    def redelivery_horizon_s(self) -> float:
+        """The longest an applied event may come back while the store answers: the slowest
+        broker-side redelivery (Redis visibility timeout, RabbitMQ consumer_timeout, intake
+        stream claim), plus a task running to its time limit, plus one retry backoff."""
+        slowest = max(self.redis_visibility_timeout_s, self.rabbitmq_consumer_timeout_s, self.intake_claim_idle_s)
+        return slowest + TASK_TIME_LIMIT_S + self.store_retry_max_s
+
+    @property
+    def inbox_retention_floor_s(self) -> float:
+        """The shortest inbox retention allowed: the redelivery horizon, and two retention
+        intervals plus a task time limit (the run after a store outage prunes no inbox keys,
+        see ``indexgate.retention``)."""
+        return max(self.redelivery_horizon_s, 2 * self.retention_interval_s + TASK_TIME_LIMIT_S)
+
+    def _floor_terms(self) -> str:
+        return (f"max(Redis visibility timeout {self.redis_visibility_timeout_s:g}, RabbitMQ consumer_timeout "
+                f"{self.rabbitmq_consumer_timeout_s:g}, intake claim idle {self.intake_claim_idle_s:g}) + task time "
+                f"limit {TASK_TIME_LIMIT_S} + store retry backoff {self.store_retry_max_s:g}, and at least 2 x "
+                f"INDEXGATE_RETENTION_INTERVAL_S {self.retention_interval_s:g} + {TASK_TIME_LIMIT_S}")
 
     @model_validator(mode="after")
     def _verification_fits_the_switch_claim(self) -> "Settings":

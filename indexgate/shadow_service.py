@@ -33,7 +33,7 @@ from typing import Any, Callable, Literal, Protocol
 
 from pydantic import BaseModel
 
-from indexgate import early_ends, locations, shadows
+from indexgate import due, early_ends, locations, shadows
 from indexgate.commits import Commits
 from indexgate.errors import (
     ConfigError,
@@ -321,10 +321,12 @@ class Shadows:
         return state.active if state else None
 
     def sweep(self) -> list:
+        """Record silent builds FAILED and stale claims BUILT, forget finished builds past
+        their retention: on the indexes that are due (``IndexState.due_at``) only."""
         entries = []
-        for state in self.store.indexes():
-            entries += self._mutate(state.key, lambda s, now: shadows.sweep(s, now, self.rules),
-                                    _origin()).audit
+        for key in self.store.indexes_due(self.commits.clock()):
+            entries += self._mutate(key, lambda s, now: shadows.sweep(s, now, self.rules), _origin(),
+                                    sweeping=True).audit
         return entries
 
     # --- helpers ------------------------------------------------------------------------
@@ -370,11 +372,13 @@ class Shadows:
             raise InvalidRequest(f"no index {key}")
         return state
 
-    def _mutate(self, key: str, rule: Callable[[IndexState, datetime], Transition], origin: Origin) -> Outcome:
+    def _mutate(self, key: str, rule: Callable[[IndexState, datetime], Transition], origin: Origin,
+                sweeping: bool = False) -> Outcome:
         branch, _, index_type = key.rpartition("|")
         store = self.store
         return self.commits.cas_loop(lambda: store.load_index(key) or IndexState(branch=branch, index_type=index_type),
-                                     store.save_index, rule, origin, key)
+                                     store.save_index, rule, origin, key,
+                                     due=lambda s, now: due.index_due(s, now, self.rules), sweeping=sweeping)
 
 
 def _origin(actor: str = SWITCHER) -> Origin:

@@ -41,6 +41,7 @@ LEGAL: dict[ShadowState, frozenset[ShadowState]] = {
     S.CANCELLED: frozenset(),
 }
 IN_FLIGHT = frozenset({S.PREPARING, S.BUILDING, S.BUILT, S.SWITCHING})
+FINISHED = frozenset({S.FAILED, S.CANCELLED, S.CLEANUP})
 CHECKS = ("RECORD_COUNT_VALIDATION", "SIZE_COMPARISON", "INTEGRITY_CHECK")
 MAX_BACKUPS = 3
 
@@ -87,6 +88,35 @@ def effective_state(build: ShadowBuild, now: datetime, policy: Policy) -> Shadow
     return build.state
 
 
+def forgettable(state: IndexState, build: ShadowBuild) -> bool:
+    """A finished build nothing points at: FAILED, CANCELLED, or CLEANUP that is no kept
+    backup (nor the automatic rollback's target). ACTIVE and backups are never forgotten."""
+    kept = {pointer.shadow_index_id for pointer in (state.active, state.replaced, *state.backups) if pointer}
+    return build.state in FINISHED and build.shadow_index_id not in kept
+
+
+def forget_at(state: IndexState, build: ShadowBuild, policy: Policy) -> datetime | None:
+    """When a finished build's retention ends (None: it is not forgettable)."""
+    if not forgettable(state, build):
+        return None
+    ended = build.finished_at or max(t for t in (build.created_at, build.completed_at, build.switched_at,
+                                                  build.last_heartbeat) if t)  # builds finished before the field
+    return ended + timedelta(seconds=policy.build_retention_s)
+
+
+def _forget(t: Transition, now: datetime, policy: Policy, keep: int) -> None:
+    """Drop finished builds past their retention, then the oldest finished ones beyond
+    ``keep`` builds: the aggregate every shadow event rewrites stays bounded."""
+    state: IndexState = t.state
+    ends = {n: at for n, b in enumerate(state.builds) if (at := forget_at(state, b, policy)) is not None}
+    gone = {n for n, at in ends.items() if at <= now}
+    spare = sorted((at, n) for n, at in ends.items() if n not in gone)  # oldest first, then first registered
+    gone |= {n for _, n in spare[:max(0, len(state.builds) - len(gone) - keep)]}
+    if gone:
+        state.builds = [b for n, b in enumerate(state.builds) if n not in gone]
+        t.touch()
+
+
 # --- transitions ----------------------------------------------------------------------
 
 
@@ -104,6 +134,17 @@ def register(state: IndexState, req: BuildRequest, now: datetime, policy: Policy
                    f"{t.state.branch} {t.state.index_type}; one build at a time",
             detail={"shadow_index_id": req.shadow_index_id, "index_type": t.state.index_type,
                     "in_flight": busy[0].shadow_index_id},
+        ))
+        return t
+    _forget(t, now, policy, keep=policy.max_builds_per_index - 1)
+    if len(t.state.builds) >= policy.max_builds_per_index:
+        t.note(AuditEntry(
+            at=now, kind=AuditKind.SHADOW_REFUSED, actor=req.holder, branch=t.state.branch, job_id=req.job_id,
+            reason=f"{t.state.branch} {t.state.index_type} keeps {len(t.state.builds)} builds (active, backups, in "
+                   f"flight) and none may be forgotten; the limit is {policy.max_builds_per_index} builds per index "
+                   "(INDEXGATE_MAX_BUILDS_PER_INDEX)",
+            detail={"shadow_index_id": req.shadow_index_id, "index_type": t.state.index_type,
+                    "limit": "INDEXGATE_MAX_BUILDS_PER_INDEX"},
         ))
         return t
     build = ShadowBuild(
@@ -283,7 +324,8 @@ def record_switch(state: IndexState, ref: str, switch_ms: float, blackout_ms: fl
 
 
 def sweep(state: IndexState, now: datetime, policy: Policy) -> Transition:
-    """Record what ``effective_state`` already says: silent builds FAILED, stale claims BUILT."""
+    """Record what ``effective_state`` already says: silent builds FAILED, stale claims BUILT;
+    forget finished builds past ``build_retention_s`` (or beyond ``max_builds_per_index``)."""
     t = Transition(_copy(state))
     for build in t.state.builds:
         current = effective_state(build, now, policy)
@@ -292,6 +334,7 @@ def sweep(state: IndexState, now: datetime, policy: Policy) -> Transition:
                 build.failure_reason = "HEARTBEAT_MISSED"
             _move(t, build, current, now, "HEARTBEAT_MISSED" if current is S.FAILED else "switch claim expired",
                   "indexgate-sweeper")
+    _forget(t, now, policy, keep=policy.max_builds_per_index)
     return t
 
 
@@ -365,6 +408,7 @@ def _move(t: Transition, build: ShadowBuild, to: ShadowState, now: datetime, why
         raise InvalidTransition(f"build {build.shadow_index_id}: {build.state} -> {to} is not a legal transition")
     before = build.state
     build.state = to
+    build.finished_at = now if to in FINISHED else None
     t.note(_entry(AuditKind.SHADOW_STATE, now, actor, t.state, build, why, **{"from": str(before), "to": str(to)}))
 
 

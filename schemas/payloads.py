@@ -54,7 +54,8 @@ class StartedData(_Payload):
     branch: str = Field(
         min_length=1, max_length=512, validation_alias=AliasChoices("branch", "branch_name")
     )
-    resource_types: list[str] = Field(default_factory=list, max_length=256)
+    # bounded by INDEXGATE_MAX_RESOURCE_TYPES_PER_EVENT (the service; the body size bounds decoding)
+    resource_types: list[str] = Field(default_factory=list)
     indexing_mode: Literal["traditional", "shadow"] = "traditional"
     index_type: str | None = None
     shadow_index_id: str | None = Field(None, min_length=1, max_length=512)

@@ -158,6 +158,10 @@ class BranchState(_Record):
     locks: list[Lock] = Field(default_factory=list)
     jobs: list[JobRecord] = Field(default_factory=list)  # active
     finished: dict[str, FinishedJob] = Field(default_factory=dict)
+    # the earliest instant a sweep has something to do here (a lock dies, its health
+    # changes); None = nothing. Set at every save by ``due.branch_due``; the store indexes
+    # it so sweeps read only what is due (``Store.branches_due``)
+    due_at: datetime | None = None
 
     def job(self, job_id: str) -> JobRecord | None:
         """The active job's record, or a read-only view of a finished one, or None."""

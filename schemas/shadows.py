@@ -76,6 +76,7 @@ class ShadowBuild(_Record):
     switch_duration_ms: float | None = None
     blackout_ms: float | None = None
     switched_at: datetime | None = None
+    finished_at: datetime | None = None  # when it became FAILED / CANCELLED / CLEANUP (retention counts from it)
     verification: Verification | None = None  # of the last switch of this build
     clock: ClockSkew = Field(default_factory=ClockSkew)
 
@@ -105,6 +106,10 @@ class IndexState(_Record):
     backups: list[IndexPointer] = Field(default_factory=list)  # newest last
     replaced: IndexPointer | None = None  # what the last swap replaced: the automatic rollback's target
     pointer_token: int = 0  # highest fencing token a pointer update carried
+    # the earliest instant the shadow sweep has something to do here (a build's deadline, a
+    # claim's expiry, a finished build's retention); None = nothing. Set at every save by
+    # ``due.index_due``; the store indexes it (``Store.indexes_due``)
+    due_at: datetime | None = None
 
     @property
     def key(self) -> str:

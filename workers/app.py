@@ -31,7 +31,7 @@ from indexgate import logs, metrics
 from indexgate.beat_schedule import build_schedule
 from indexgate.events.brokers import transport_for
 from indexgate.errors import StoreUnavailable
-from indexgate.settings import Settings, check_celery_broker
+from indexgate.settings import TASK_TIME_LIMIT_S, Settings, check_celery_broker
 from indexgate.store import initialize_store
 from indexgate.workers.intake import IntakeStep, StreamStep
 from indexgate.workers.runtime import reset
@@ -62,8 +62,8 @@ def create_app(settings: Settings | None = None, on_switch_step: Callable[[str],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_time_limit=300,
-        task_soft_time_limit=240,
+        task_time_limit=TASK_TIME_LIMIT_S,
+        task_soft_time_limit=TASK_TIME_LIMIT_S - 60,
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,

@@ -32,7 +32,7 @@ from indexgate.schemas.records import ReleaseReason
 from indexgate.workers.intake import INTAKE_TASK
 from indexgate.workers.runtime import runtime, settings_of
 
-SWEEPS = frozenset({names.SWEEP_TTL, names.SWEEP_HEARTBEATS, names.HEALTH_SWEEP, names.RELAY_OUTBOX})
+SWEEPS = frozenset({names.SWEEP_TTL, names.SWEEP_HEARTBEATS, names.HEALTH_SWEEP, names.RELAY_OUTBOX, names.RETENTION})
 RESULT_MAX_CHARS = 800  # what Flower shows of a result (Celery cuts its repr at 1024)
 
 
@@ -117,10 +117,12 @@ def register_tasks(app: Celery) -> None:
         return len(service.sweep([ReleaseReason.HEARTBEAT_MISSED])) + len(service.shadows.sweep())
 
     @task(name=names.HEALTH_SWEEP)
-    def health_sweep(self) -> dict:
-        service = runtime(self.app).service
-        service.refresh_health()
-        return service.summary()
+    def health_sweep(self) -> int:
+        return len(runtime(self.app).service.refresh_health())
+
+    @task(name=names.RETENTION)
+    def retention(self) -> dict:
+        return runtime(self.app).service.retention.run().model_dump()
 
     @task(name=names.RELAY_OUTBOX)
     def relay_outbox(self) -> int:

@@ -29,7 +29,8 @@ def open_store(settings: Settings) -> Store:
     if scheme in {"mongodb", "mongodb+srv", "mongomock"}:
         from indexgate.store.mongo import MongoStore
 
-        return MongoStore.from_url(url)
+        return MongoStore.from_url(url, ttl_s={"inbox": settings.inbox_retention_s, "audit": settings.audit_retention_s,
+                                               "dead_letters": settings.dead_letter_retention_s})
     raise ConfigError(
         f"store URL {url!r} has an unknown scheme {scheme!r}; use sqlite:///..., mongodb://... "
         "(or mongomock:// in tests)"

@@ -18,7 +18,7 @@ must answer "unknown", never "allowed" from a fresh, empty store.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Protocol, Sequence
 
 from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter, EarlyEnd
@@ -33,6 +33,17 @@ def job_refs(state: BranchState, audit: Sequence[AuditEntry]) -> list[str]:
 
 
 SCHEMA_VERSION = 1  # what ``initialize`` records; a store without it was never set up
+
+
+def due_us(at: datetime | None) -> int | None:
+    """A due time as integer microseconds since the epoch (what SQLite indexes), exactly."""
+    if at is None:
+        return None
+    delta = at - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class Store(Protocol):
@@ -84,7 +95,14 @@ class Store(Protocol):
         """The remembered early end of ``job_id`` if it arrived at or after ``since``."""
 
     def branches_with_locks(self) -> list[BranchState]:
-        """Every aggregate that holds at least one lock (sweeps, listings)."""
+        """Every aggregate that holds at least one lock (listings)."""
+
+    def branches_due(self, now: datetime) -> list[str]:
+        """The branches whose ``due_at`` is not after ``now``, soonest first: what a sweep
+        must look at. An index read: its cost follows the branches due, not the locked ones."""
+
+    def indexes_due(self, now: datetime) -> list[str]:
+        """The index keys whose ``due_at`` is not after ``now`` (the shadow sweep's work)."""
 
     def audit(self, limit: int = 100, branch: str | None = None) -> list[AuditEntry]:
         """The newest audit entries, newest first."""
@@ -107,6 +125,28 @@ class Store(Protocol):
     def mark_replayed(self, letter_id: str, at: datetime, by: str) -> None:
         """Record that the letter was sent back through the intake (``replayed_at``,
         ``replayed_by``, ``replays`` + 1); a missing letter is left alone."""
+
+    # --- retention (``indexgate.retention``): each prunes what is older than ``before``
+
+    def prune_inbox(self, before: datetime) -> int:
+        """Forget inbox keys written before ``before``; returns how many."""
+
+    def prune_audit(self, before: datetime) -> int:
+        """Delete *published* audit entries older than ``before``; the unpublished ones (the
+        outbox) stay whatever their age. Returns how many."""
+
+    def prune_dead_letters(self, before: datetime) -> int:
+        """Delete dead letters older than ``before``; returns how many."""
+
+    def reclaim_space(self) -> None:
+        """Give the space pruned rows left back (SQLite: incremental vacuum; MongoDB: nothing,
+        WiredTiger reuses it)."""
+
+    def marker(self, name: str) -> datetime | None:
+        """A named instant the store keeps for indexgate itself (the last retention run)."""
+
+    def set_marker(self, name: str, at: datetime) -> None:
+        """Keep ``at`` under ``name``."""
 
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers (``StoreNotInitialized`` if it

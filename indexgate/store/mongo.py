@@ -34,7 +34,10 @@ before the CAS, so per aggregate they follow commit order, but a slow commit's r
 become visible after a later commit's (at-least-once outbox).
 
 Aggregates and audit entries are kept as JSON-mode documents (ISO strings), because BSON
-dates are millisecond, naive values and the SQLite adapter round-trips microseconds.
+dates are millisecond, naive values and the SQLite adapter round-trips microseconds. The
+aggregates' ``due_at`` beside the document is a BSON date, rounded *up* to the millisecond
+(listed due never before it is); due listings, retention and migrations live in
+``mongo_upkeep``.
 The client is created lazily and re-created after ``fork``; ``mongomock://`` uses an
 in-memory mongomock client for tests. Every driver error leaves as ``StoreUnavailable``.
 """
@@ -44,7 +47,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -64,6 +67,7 @@ from indexgate.errors import (
     VersionConflict,
 )
 from indexgate.store.base import SCHEMA_VERSION
+from indexgate.store.mongo_upkeep import MongoUpkeep, bson_due, now
 from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter, EarlyEnd
 from indexgate.schemas.shadows import IndexState
 
@@ -85,11 +89,13 @@ _PENDING = {"$or": [{"pending_audit.0": {"$exists": True}}, {"pending_inbox.0": 
 _AGGREGATES = {"branches": ("branch", "jobs", "branch"), "indexes": ("index", "index_refs", "key")}
 
 
-class MongoStore:
-    def __init__(self, url: str, database: str = DEFAULT_DATABASE) -> None:
-        """Remember where to connect; no I/O happens until the first verb."""
+class MongoStore(MongoUpkeep):
+    def __init__(self, url: str, database: str = DEFAULT_DATABASE, ttl_s: Mapping[str, float] | None = None) -> None:
+        """Remember where to connect; no I/O happens until the first verb. ``ttl_s`` (per
+        collection of ``mongo_upkeep.TTL_FILTERS``) makes ``initialize`` create TTL indexes."""
         self.url = url
         self.database = database
+        self.ttl_s = dict(ttl_s or {})
         self._mock = urlparse(url).scheme == "mongomock"
         self._client: Any = None  # pymongo.MongoClient or mongomock.MongoClient
         self._pid = 0
@@ -97,11 +103,11 @@ class MongoStore:
         self._mutex = threading.RLock()
 
     @classmethod
-    def from_url(cls, url: str, database: str | None = None) -> "MongoStore":
+    def from_url(cls, url: str, database: str | None = None, ttl_s: Mapping[str, float] | None = None) -> "MongoStore":
         """``mongodb://[user:pw@]host[,host]/db?opts``, ``mongodb+srv://...`` or ``mongomock://``;
         the database is the URL path (default ``indexgate``) unless ``database`` is given."""
         name = urlparse(url).path.lstrip("/").split("/")[0]
-        return cls(url, database or name or DEFAULT_DATABASE)
+        return cls(url, database or name or DEFAULT_DATABASE, ttl_s)
 
     @property
     def host(self) -> str:
@@ -128,6 +134,7 @@ class MongoStore:
         """Create the indexes and the ``meta`` document that marks the database as indexgate's."""
         with self._call("initialization"):
             db = self._raw_db()
+            self._migrate(db)
             self._create_indexes(db)
             db.meta.replace_one({"_id": "schema"}, {"_id": "schema", "version": SCHEMA_VERSION}, upsert=True)
             self._checked = True
@@ -149,8 +156,8 @@ class MongoStore:
             self._checked = True
         return db
 
-    @staticmethod
-    def _create_indexes(db: Database[Any]) -> None:
+    def _create_indexes(self, db: Database[Any]) -> None:
+        self._create_upkeep_indexes(db)
         db.branches.create_index("has_locks", partialFilterExpression={"has_locks": True})
         db.audit.create_index([("seq", DESCENDING)])
         db.audit.create_index(
@@ -203,8 +210,8 @@ class MongoStore:
     def save(self, state: BranchState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
         new = state.model_copy(update={"version": state.version + 1})
         doc = new.model_dump(mode="json")
-        return self._save("branches", state.branch, state.version, doc, {"has_locks": bool(new.locks)},
-                          audit, inbox_key)
+        return self._save("branches", state.branch, state.version, doc,
+                          {"has_locks": bool(new.locks), "due_at": bson_due(new.due_at)}, audit, inbox_key)
 
     def load_index(self, key: str) -> IndexState | None:
         with self._call(f"load of index {key}"):
@@ -213,7 +220,8 @@ class MongoStore:
 
     def save_index(self, state: IndexState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
         new = state.model_copy(update={"version": state.version + 1})
-        return self._save("indexes", state.key, state.version, new.model_dump(mode="json"), {}, audit, inbox_key)
+        return self._save("indexes", state.key, state.version, new.model_dump(mode="json"),
+                          {"due_at": bson_due(new.due_at)}, audit, inbox_key)
 
     def index_of(self, ref: str) -> str | None:
         with self._call(f"lookup of index reference {ref}"):
@@ -265,7 +273,7 @@ class MongoStore:
         if inbox_key is not None:  # claim the key first: a concurrent delivery loses here
             try:
                 with self._call("inbox claim"):
-                    self._col("inbox").insert_one({"_id": inbox_key})
+                    self._col("inbox").insert_one({"_id": inbox_key, "at": now()})
             except StoreUnavailable as exc:
                 if isinstance(exc.__cause__, DuplicateKeyError):
                     raise DuplicateEvent(f"event {inbox_key} was already applied") from exc
@@ -293,7 +301,9 @@ class MongoStore:
         with self._call(f"audit/inbox writes of {noun} {key}"):
             self._insert_ignoring_duplicates(self._col("audit"), rows)
             self._insert_ignoring_duplicates(self._col(ref_collection), [{"_id": r, ref_field: key} for r in refs])
-            self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": k} for k in inbox])
+            if name == "indexes":  # the references of builds the aggregate forgot go too
+                self._col(ref_collection).delete_many({ref_field: key, "_id": {"$nin": refs}})
+            self._insert_ignoring_duplicates(self._col("inbox"), [{"_id": k, "at": now()} for k in inbox])
             if rows or inbox:
                 self._col(name).update_one(
                     {"_id": key},

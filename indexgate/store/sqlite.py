@@ -14,6 +14,7 @@ missing file or one without indexgate's ``meta`` row.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -21,18 +22,20 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Sequence
-
 from urllib.parse import quote
 
 from indexgate.errors import DuplicateEvent, StoreNotInitialized, StoreUnavailable, VersionConflict
-from indexgate.store.base import SCHEMA_VERSION, job_refs
+from indexgate.store.base import SCHEMA_VERSION, due_us, job_refs
+from indexgate.store.sqlite_upkeep import SqliteUpkeep, incremental_vacuum_on, migrate
 from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter, EarlyEnd
 from indexgate.schemas.shadows import IndexState
 
+log = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS branches (
-    branch TEXT PRIMARY KEY, version INTEGER NOT NULL, has_locks INTEGER NOT NULL, doc TEXT NOT NULL);
+    branch TEXT PRIMARY KEY, version INTEGER NOT NULL, has_locks INTEGER NOT NULL, doc TEXT NOT NULL,
+    due_us INTEGER);
 CREATE INDEX IF NOT EXISTS branches_with_locks ON branches(has_locks) WHERE has_locks = 1;
 CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, branch TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inbox (key TEXT PRIMARY KEY, at TEXT NOT NULL);
@@ -41,7 +44,7 @@ CREATE TABLE IF NOT EXISTS audit (
     branch TEXT, published INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_unpublished ON audit(published, seq) WHERE published = 0;
 CREATE INDEX IF NOT EXISTS audit_branch ON audit(branch, seq);
-CREATE TABLE IF NOT EXISTS indexes (key TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS indexes (key TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL, due_us INTEGER);
 CREATE TABLE IF NOT EXISTS index_refs (ref TEXT PRIMARY KEY, key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS early_ends (job_id TEXT PRIMARY KEY, at REAL NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS early_ends_at ON early_ends(at);
@@ -49,9 +52,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, letter_id TEXT UNIQUE NOT NULL, at TEXT NOT NULL,
     doc TEXT NOT NULL);
 """
+# after the columns they need exist (``_migrate`` adds them to stores created before)
+INDEXES = """
+CREATE INDEX IF NOT EXISTS branches_due ON branches(due_us) WHERE due_us IS NOT NULL;
+CREATE INDEX IF NOT EXISTS indexes_due ON indexes(due_us) WHERE due_us IS NOT NULL;
+CREATE INDEX IF NOT EXISTS index_refs_key ON index_refs(key);
+"""
 
 
-class SqliteStore:
+class SqliteStore(SqliteUpkeep):
     def __init__(self, path: Path, busy_timeout_s: float = 5.0, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
@@ -67,17 +76,33 @@ class SqliteStore:
         return f"sqlite:///{self.path}"
 
     def initialize(self) -> None:
-        """Create the file, its tables and the ``meta`` row; idempotent."""
+        """Create the file, its tables and the ``meta`` row; bring a store created by an
+        older version up to date (new columns, incremental auto-vacuum); idempotent. Tables,
+        migration and the ``meta`` row commit in one transaction (SQLite's DDL is
+        transactional), so a process killed meanwhile leaves no half-initialized store."""
         with self._mutex:
             self._drop()
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn = self._open("rwc")
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(SCHEMA)
-                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
-                conn.close()
+                try:
+                    incremental_vacuum_on(conn, self.url)  # pragmas that cannot run inside a transaction
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        for statement in _statements(SCHEMA):
+                            conn.execute(statement)
+                        migrate(conn)
+                        for statement in _statements(INDEXES):
+                            conn.execute(statement)
+                        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                                     (str(SCHEMA_VERSION),))
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+                finally:
+                    conn.close()
             except (sqlite3.Error, OSError) as exc:
                 raise StoreUnavailable(f"cannot initialize the SQLite store {self.url}: {exc}") from exc
 
@@ -156,7 +181,7 @@ class SqliteStore:
         new = state.model_copy(update={"version": state.version + 1})
         with self._tx(write=True) as conn:
             self._cas(conn, "branches", "branch", state.branch, state.version, new.model_dump_json(),
-                      {"has_locks": int(bool(new.locks))})
+                      {"has_locks": int(bool(new.locks)), "due_us": due_us(new.due_at)})
             conn.executemany(
                 "INSERT OR IGNORE INTO jobs (job_id, branch) VALUES (?, ?)",
                 [(job_id, state.branch) for job_id in job_refs(new, audit)],
@@ -172,9 +197,12 @@ class SqliteStore:
     def save_index(self, state: IndexState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
         new = state.model_copy(update={"version": state.version + 1})
         with self._tx(write=True) as conn:
-            self._cas(conn, "indexes", "key", state.key, state.version, new.model_dump_json(), {})
+            self._cas(conn, "indexes", "key", state.key, state.version, new.model_dump_json(),
+                      {"due_us": due_us(new.due_at)})
             refs = {ref for build in new.builds for ref in (build.job_id, build.shadow_index_id)}
             conn.executemany("INSERT OR IGNORE INTO index_refs (ref, key) VALUES (?, ?)", [(r, state.key) for r in refs])
+            known = {row[0] for row in conn.execute("SELECT ref FROM index_refs WHERE key = ?", (state.key,))}
+            conn.executemany("DELETE FROM index_refs WHERE ref = ?", [(r,) for r in known - refs])  # forgotten builds
             self._append(conn, audit, inbox_key)
         return new.version
 
@@ -190,7 +218,7 @@ class SqliteStore:
 
     @staticmethod
     def _cas(conn: sqlite3.Connection, table: str, key_col: str, key: str, version: int, doc: str,
-             extra: dict[str, int]) -> None:
+             extra: dict[str, int | None]) -> None:
         """Insert at version 0, else update only if the stored version is still ``version``."""
         if version == 0:
             names = ", ".join([key_col, "version", "doc", *extra])
@@ -299,6 +327,11 @@ class SqliteStore:
             letter = DeadLetter.model_validate_json(row[0])
             marked = letter.model_copy(update={"replayed_at": at, "replayed_by": by, "replays": letter.replays + 1})
             conn.execute("UPDATE dead_letters SET doc = ? WHERE letter_id = ?", (marked.model_dump_json(), letter_id))
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (none of them holds a ``;`` of its own)."""
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
 
 
 def _audit(doc: str, published: int) -> AuditEntry:

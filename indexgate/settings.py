@@ -167,9 +167,9 @@ class Settings(BaseSettings):
         "file below it. Unset: /metrics has no worker-side series.",
     )
     api_token: SecretStr | None = Field(
-        None, min_length=1, description="HTTP API: when set, every endpoint but /healthz and /readyz requires it "
-        "as a bearer token (401 otherwise). Set but empty refuses to start (an unset shell variable must not "
-        "turn auth off).",
+        None, min_length=1, description="HTTP API: when set, every endpoint but /healthz, /readyz and /metrics "
+        "requires it as a bearer token (401 otherwise). Set but empty refuses to start (an unset shell variable "
+        "must not turn auth off).",
     )
     api_store_timeout_s: float = Field(
         1.0, gt=0, description="HTTP API: a store call that takes longer is answered 503 (unknown), never "

@@ -45,7 +45,7 @@ DESCRIPTION = """indexgate's HTTP API: may the OMS write resource type R on bran
 `GET /v1/check` answers from the store at this instant; 503 means *unknown* (the store is
 unreachable, locked, not initialized, or slower than `INDEXGATE_API_STORE_TIMEOUT_S`) and
 must be treated as not allowed. When `INDEXGATE_API_TOKEN` is set, every endpoint but
-`/healthz` and `/readyz` requires it as a bearer token."""
+`/healthz`, `/readyz` and `/metrics` requires it as a bearer token."""
 
 
 def create_api(settings: Settings | None = None, service: Service | None = None) -> FastAPI:

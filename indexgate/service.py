@@ -86,6 +86,8 @@ class Service:
             raise LimitExceeded(
                 f"resource_types names {len(data.resource_types)} types; the limit is "
                 f"{self.max_resource_types_per_event} resource types per event (INDEXGATE_MAX_RESOURCE_TYPES_PER_EVENT)")
+        if any(permissions.whole_branch(rt) is None for rt in data.resource_types):  # "*", "-": as the CLI and API
+            data = data.model_copy(update={"resource_types": []})  # read them: the whole branch
         if data.indexing_mode == "shadow":
             return self.shadows.register(data, origin)
         request = AcquireRequest(

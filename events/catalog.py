@@ -34,6 +34,7 @@ class Route:
     model: type[BaseModel]
     handle: Handler
     summary: str
+    settles: bool = False  # a duplicate still redoes its early-end reconciliation (``Service.reconcile``)
 
 
 def _end(reason: ReleaseReason) -> Handler:
@@ -42,7 +43,8 @@ def _end(reason: ReleaseReason) -> Handler:
 
 ROUTES: dict[str, Route] = {
     "com.oms.indexing.started": Route(
-        StartedData, lambda s, d, o: s.start(d, o), "a job starts; traditional mode locks, shadow mode builds"
+        StartedData, lambda s, d, o: s.start(d, o), "a job starts; traditional mode locks, shadow mode builds",
+        settles=True,
     ),
     "com.oms.indexing.heartbeat": Route(
         HeartbeatData, lambda s, d, o: s.heartbeat(d, o), "the job is alive; may carry progress and ETA"
@@ -50,12 +52,13 @@ ROUTES: dict[str, Route] = {
     "com.oms.indexing.progress": Route(
         HeartbeatData, lambda s, d, o: s.heartbeat(d, o), "progress report; counts as a heartbeat"
     ),
-    "com.oms.indexing.completed": Route(CompletedData, _end(ReleaseReason.COMPLETED), "the job finished"),
+    "com.oms.indexing.completed": Route(CompletedData, _end(ReleaseReason.COMPLETED), "the job finished", settles=True),
     "com.oms.shadow.indexing.completed": Route(
-        CompletedData, _end(ReleaseReason.COMPLETED), "seed spelling of a shadow build's completion"
+        CompletedData, _end(ReleaseReason.COMPLETED), "seed spelling of a shadow build's completion", settles=True
     ),
-    "com.oms.indexing.failed": Route(FailedData, _end(ReleaseReason.FAILED), "the job failed"),
-    "com.oms.indexing.cancelled": Route(CancelledData, _end(ReleaseReason.CANCELLED), "the job was cancelled"),
+    "com.oms.indexing.failed": Route(FailedData, _end(ReleaseReason.FAILED), "the job failed", settles=True),
+    "com.oms.indexing.cancelled": Route(CancelledData, _end(ReleaseReason.CANCELLED), "the job was cancelled",
+                                        settles=True),
     "com.oms.shadow.switch.requested": Route(
         SwitchRequestData, lambda s, d, o: s.shadows.switch_requested(d, o), "switch a BUILT shadow index in"
     ),
@@ -81,5 +84,7 @@ def apply(service: Service, event: IncomingEvent) -> Outcome:
     route, payload = validate(event)
     origin = Origin(actor=event.source, key=event.key, time=event.time)
     if service.already_applied(origin):
+        if route.settles:  # its first delivery may have stopped between its two writes (indexgate.early_ends)
+            service.reconcile(payload)  # type: ignore[arg-type]
         return Outcome(status=Status.DUPLICATE, detail=f"event {event.key} was already applied")
     return route.handle(service, payload, origin)

@@ -179,6 +179,7 @@ def acquire(state: BranchState, req: AcquireRequest, now: datetime, policy: Poli
             status=JobStatus.ACTIVE,
             holder=req.holder,
             last_event_time=skew.believed_time(req.event_time, now, policy.max_clock_skew_s),
+            last_alive_at=skew.alive_at(clock, req.event_time, now, policy.max_clock_skew_s),
             clock=clock,
         )
     )
@@ -213,14 +214,14 @@ def heartbeat(state: BranchState, hb: HeartbeatUpdate, now: datetime, policy: Po
     beat = skew.beat(job.clock, hb.event_time, now, policy.max_clock_skew_s, policy.missed_heartbeats)
     job.clock = beat.clock  # kept even from a stale heartbeat: the estimate must move on (indexgate.skew)
     _release_dead(t, now, policy, lambda lock: lock.job_id == hb.job_id)
-    stale = skew.stale(beat, max((lock.last_heartbeat for lock in _job_locks(t.state, hb.job_id)), default=None))
+    stale = skew.stale(beat, job.last_alive_at)
     if stale:
         for lock in _job_locks(t.state, hb.job_id):
             lock.clock = job.clock
         t.touch()
         t.note(_ignored(now, job.holder, t.state.branch, hb.job_id, stale))
         return t
-    job.last_event_time = beat.believed_time or job.last_event_time
+    job.last_event_time, job.last_alive_at = beat.believed_time or job.last_event_time, beat.alive_at
     for lock in _job_locks(t.state, hb.job_id):
         lock.last_heartbeat = max(lock.last_heartbeat, beat.alive_at)
         lock.clock = job.clock

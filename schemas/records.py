@@ -111,7 +111,8 @@ class JobRecord(_Record):
     branch: str
     status: JobStatus
     holder: str
-    last_event_time: datetime | None = None
+    last_event_time: datetime | None = None  # the newest believed ``time`` of its events (indexgate.skew)
+    last_alive_at: datetime | None = None  # when its newest applied event counts, on our clock: heartbeats are ordered by it
     ended_at: datetime | None = None
     outcome: str | None = None
     clock: ClockSkew = Field(default_factory=ClockSkew)

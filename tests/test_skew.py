@@ -308,3 +308,18 @@ def test_the_estimate_forgets_observations_beyond_its_window() -> None:
             assert clock.offset_s == 300.0  # believed: it might be a forward step
     assert clock.offset_s == -100.2 and clock.observations == 4
     assert skew.window(3) == 2 and skew.window(5) == 4 and skew.window(1) == 2
+
+
+def test_a_clock_slower_than_the_bound_still_has_its_heartbeats_applied_in_order(service: Service,
+                                                                                 clock: MutableClock) -> None:
+    """Ordered by corrected time among the job's own events (not against the lock's grant):
+    a clock a day slow gets its progress applied, though its locks die at the deadline."""
+    funnel = Funnel(service, clock, -86_400)
+    funnel.start()
+    clock.advance(30)
+    sent = funnel.stamp(clock.now)
+    progress = catalog.apply(service, event(HEARTBEAT, {"job_id": "job-1", "progress_percent": 40}, time=sent))
+    assert progress.status == "applied" and views(service)[0].lock.progress_percent == 40
+    older = catalog.apply(service, event(HEARTBEAT, {"job_id": "job-1", "progress_percent": 10},
+                                         time=sent - timedelta(seconds=20)))
+    assert older.status == "ignored" and "stale" in older.detail and views(service)[0].lock.progress_percent == 40

@@ -183,7 +183,8 @@ class Service:
                             Origin(actor=operator))
 
     def check(self, branch: str, resource_type: str | None, action: str = "write") -> Decision:
-        """The permission check; a store failure propagates as ``StoreUnavailable``."""
+        """The permission check; a store failure propagates as ``StoreUnavailable``, a blank
+        branch, resource type or action is refused with ``InvalidRequest``."""
         return permissions.check(self.store.load(branch), branch, resource_type, action, self.clock(), self.policy)
 
     def list_locks(self, branch: str | None = None) -> list[LockView]:

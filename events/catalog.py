@@ -35,6 +35,7 @@ class Route:
     handle: Handler
     summary: str
     kind: str  # names its Celery task (``indexgate.<kind>``), its metrics and log lines
+    settles: bool = False  # a duplicate still redoes its early-end reconciliation (``Service.reconcile``)
 
 
 UNKNOWN_KIND = "unknown"  # a message whose type is not in the catalog, or cannot be told
@@ -47,7 +48,7 @@ def _end(reason: ReleaseReason) -> Handler:
 ROUTES: dict[str, Route] = {
     "com.oms.indexing.started": Route(
         StartedData, lambda s, d, o: s.start(d, o), "a job starts; traditional mode locks, shadow mode builds",
-        "indexing.started"),
+        "indexing.started", settles=True),
     "com.oms.indexing.heartbeat": Route(
         HeartbeatData, lambda s, d, o: s.heartbeat(d, o), "the job is alive; may carry progress and ETA",
         "indexing.heartbeat"),
@@ -55,13 +56,14 @@ ROUTES: dict[str, Route] = {
         HeartbeatData, lambda s, d, o: s.heartbeat(d, o), "progress report; counts as a heartbeat",
         "indexing.progress"),
     "com.oms.indexing.completed": Route(CompletedData, _end(ReleaseReason.COMPLETED), "the job finished",
-                                        "indexing.completed"),
+                                        "indexing.completed", settles=True),
     "com.oms.shadow.indexing.completed": Route(
         CompletedData, _end(ReleaseReason.COMPLETED), "seed spelling of a shadow build's completion",
-        "shadow.indexing.completed"),
-    "com.oms.indexing.failed": Route(FailedData, _end(ReleaseReason.FAILED), "the job failed", "indexing.failed"),
+        "shadow.indexing.completed", settles=True),
+    "com.oms.indexing.failed": Route(FailedData, _end(ReleaseReason.FAILED), "the job failed", "indexing.failed",
+                                     settles=True),
     "com.oms.indexing.cancelled": Route(CancelledData, _end(ReleaseReason.CANCELLED), "the job was cancelled",
-                                        "indexing.cancelled"),
+                                        "indexing.cancelled", settles=True),
     "com.oms.shadow.switch.requested": Route(
         SwitchRequestData, lambda s, d, o: s.shadows.switch_requested(d, o), "switch a BUILT shadow index in",
         "shadow.switch"),
@@ -87,5 +89,7 @@ def apply(service: Service, event: IncomingEvent) -> Outcome:
     route, payload = validate(event)
     origin = Origin(actor=event.source, key=event.key, time=event.time)
     if service.already_applied(origin):
+        if route.settles:  # its first delivery may have stopped between its two writes (indexgate.early_ends)
+            service.reconcile(payload)  # type: ignore[arg-type]
         return Outcome(status=Status.DUPLICATE, detail=f"event {event.key} was already applied")
     return route.handle(service, payload, origin)

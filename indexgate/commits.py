@@ -116,6 +116,8 @@ def _outcome(transition: Transition) -> Outcome:
     kinds = {entry.kind for entry in transition.audit}
     if kinds & {AuditKind.REFUSED, AuditKind.SHADOW_REFUSED}:
         status = Status.REFUSED
+    elif kinds == {AuditKind.IGNORED}:  # it may still have saved something (a stale heartbeat's clock observation)
+        status = Status.IGNORED
     elif transition.changed:
         status = Status.APPLIED
     else:

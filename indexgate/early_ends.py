@@ -12,6 +12,9 @@ reading the other's write after: the end is remembered, then the job is looked u
 (and ended normally if its start committed meanwhile); a start that took locks looks for
 a remembered end afterwards (and releases them if one arrived meanwhile). With a store
 that orders writes before later reads (both adapters), at least one side sees the other.
+The second look (``Service.settle``) is idempotent and is taken again whenever a
+``started`` or an end turns out to be a duplicate: the first delivery may have committed
+its write and then failed on the store before looking, and its retry is a duplicate.
 """
 
 from __future__ import annotations

@@ -178,7 +178,8 @@ def acquire(state: BranchState, req: AcquireRequest, now: datetime, policy: Poli
             branch=t.state.branch,
             status=JobStatus.ACTIVE,
             holder=req.holder,
-            last_event_time=req.event_time,
+            last_event_time=skew.believed_time(req.event_time, now, policy.max_clock_skew_s),
+            last_alive_at=skew.alive_at(clock, req.event_time, now, policy.max_clock_skew_s),
             clock=clock,
         )
     )
@@ -210,16 +211,19 @@ def heartbeat(state: BranchState, hb: HeartbeatUpdate, now: datetime, policy: Po
         status = job.status if job else "unknown"
         t.note(_ignored(now, hb.job_id, t.state.branch, hb.job_id, f"heartbeat for a job that is {status}"))
         return t
-    if hb.event_time and job.last_event_time and hb.event_time < job.last_event_time:
-        t.note(_ignored(now, job.holder, t.state.branch, hb.job_id, "stale heartbeat (older than one applied)"))
-        return t
-    if hb.event_time:
-        job.last_event_time = hb.event_time
+    beat = skew.beat(job.clock, hb.event_time, now, policy.max_clock_skew_s, policy.missed_heartbeats)
+    job.clock = beat.clock  # kept even from a stale heartbeat: the estimate must move on (indexgate.skew)
     _release_dead(t, now, policy, lambda lock: lock.job_id == hb.job_id)
-    job.clock = skew.observe(job.clock, hb.event_time, now, policy.max_clock_skew_s)
-    beat_at = skew.alive_at(job.clock, hb.event_time, now, policy.max_clock_skew_s)
+    stale = skew.stale(beat, job.last_alive_at)
+    if stale:
+        for lock in _job_locks(t.state, hb.job_id):
+            lock.clock = job.clock
+        t.touch()
+        t.note(_ignored(now, job.holder, t.state.branch, hb.job_id, stale))
+        return t
+    job.last_event_time, job.last_alive_at = beat.believed_time or job.last_event_time, beat.alive_at
     for lock in _job_locks(t.state, hb.job_id):
-        lock.last_heartbeat = max(lock.last_heartbeat, beat_at)
+        lock.last_heartbeat = max(lock.last_heartbeat, beat.alive_at)
         lock.clock = job.clock
         lock.holder_status = hb.status
         lock.progress_percent = hb.progress_percent if hb.progress_percent is not None else lock.progress_percent

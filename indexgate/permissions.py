@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
+from indexgate.errors import InvalidRequest
 from indexgate.locks import LockView, conflicts, in_force, view
 from indexgate.rules import Policy
 from indexgate.schemas.records import BranchState, Health, Lock, LockKind, ReleaseReason
@@ -64,7 +65,14 @@ def whole_branch(resource_type: str | None) -> str | None:
 
 
 def check(state: BranchState | None, branch: str, resource_type: str | None, action: str, now: datetime, policy: Policy) -> Decision:
-    """May ``action`` on ``resource_type`` of ``branch`` proceed now? Dead locks never bind."""
+    """May ``action`` on ``resource_type`` of ``branch`` proceed now? Dead locks never bind.
+
+    A blank name is refused (``InvalidRequest``), never answered: ``""`` is no branch, no
+    resource type (the whole branch is ``None``, or ``*`` / ``-`` through ``whole_branch``)
+    and no action, and "allowed" about it would be an answer about nothing."""
+    _require_name("branch", branch)
+    _require_name("resource type", resource_type, "; for the whole branch ask with `*`")
+    _require_name("action", action)
     base = {"branch": branch, "resource_type": resource_type, "action": action, "version": state.version if state else 0}
     if action in ALWAYS_ALLOWED_ACTIONS:
         return Decision(allowed=True, message=f"{action} is always allowed", **base)
@@ -77,6 +85,11 @@ def check(state: BranchState | None, branch: str, resource_type: str | None, act
     lock_view = view(min(blocking, key=lambda candidate: candidate.fencing_token), now, policy)
     return Decision(allowed=False, message=denial_message(lock_view, action, resource_type),
                     blocking_lock=LockStatus.of(lock_view), retry_after_s=retry_after_s(blocking, now), **base)
+
+
+def _require_name(what: str, name: str | None, hint: str = "") -> None:
+    if name is not None and not name.strip():
+        raise InvalidRequest(f"the {what} must not be empty (got {name!r}){hint}")
 
 
 def retry_after_s(blocking: list[Lock], now: datetime) -> float | None:

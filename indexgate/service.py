@@ -23,7 +23,7 @@ from indexgate.permissions import Decision
 from indexgate.retention import Retention, RetentionPolicy
 from indexgate.rules import Policy, Transition
 from indexgate.schemas.payloads import HeartbeatData, JobEnd, StartedData
-from indexgate.schemas.records import AuditEntry, AuditKind, BranchState, DeadLetter, Health, ReleaseReason
+from indexgate.schemas.records import AuditEntry, AuditKind, BranchState, DeadLetter, Health, JobStatus, ReleaseReason
 from indexgate.settings import Settings
 from indexgate.shadow_service import Shadows, SwitchPolicy, SwitchResult
 from indexgate.store import Store, open_store
@@ -89,6 +89,8 @@ class Service:
             raise LimitExceeded(
                 f"resource_types names {len(data.resource_types)} types; the limit is "
                 f"{self.max_resource_types_per_event} resource types per event (INDEXGATE_MAX_RESOURCE_TYPES_PER_EVENT)")
+        if any(permissions.whole_branch(rt) is None for rt in data.resource_types):  # "*", "-": as the CLI and API
+            data = data.model_copy(update={"resource_types": []})  # read them: the whole branch
         if data.indexing_mode == "shadow":
             return self.shadows.register(data, origin)
         request = AcquireRequest(
@@ -106,17 +108,39 @@ class Service:
                                                                                       self.policy), origin)
             return ended if ended.status is Status.DUPLICATE else replace(ended, status=Status.IGNORED)
         outcome = self.acquire(data.branch, request, origin)
-        if outcome.status is Status.APPLIED:
-            self._end_if_overtaken(data.branch, data.job_id)
+        if outcome.status in (Status.APPLIED, Status.DUPLICATE):  # an end remembered meanwhile ends it now
+            self.settle((data.job_id,))
         return outcome
 
-    def _end_if_overtaken(self, branch: str, job_id: str) -> None:
-        """An end remembered while this start was applied (``indexgate.early_ends``) ends it now."""
-        late = early_ends.lookup(self.store, (job_id,), self.clock(), self.policy)
-        if late is not None:
-            detail = {"result": late.data, "arrived_before_started": True}
-            self._mutate(branch, lambda s, now: locks.release_job(s, job_id, late.reason, late.actor, now,
-                                                                  self.policy, detail), early_ends.origin_of(late))
+    def settle(self, refs: Sequence[str]) -> Outcome | None:
+        """End the job known by ``refs`` (job id first, then a shadow id) if its end was
+        remembered while its start was being applied (``indexgate.early_ends``).
+
+        Both sides of that race run this after their own write, and again whenever their
+        event turns out to be a duplicate (``reconcile``): a retry after the store failed
+        between the two steps would otherwise never redo it. Idempotent and cheap: with no
+        remembered end it is one read; a job already over is left alone, nothing written."""
+        late = early_ends.lookup(self.store, refs, self.clock(), self.policy)
+        if late is None:
+            return None
+        job_id = refs[0]
+        branch = self.store.branch_of_job(job_id)
+        if branch is None:
+            return self.shadows.settle(refs, late) if self.store.index_of(job_id) is not None else None
+        state = self.store.load(branch)
+        job = state.job(job_id) if state else None
+        if job is None or job.status is not JobStatus.ACTIVE:
+            return None
+        detail = {"result": late.data, "arrived_before_started": True}
+        return self._mutate(branch, lambda s, now: locks.release_job(s, job_id, late.reason, late.actor, now,
+                                                                     self.policy, detail), early_ends.origin_of(late))
+
+    def reconcile(self, data: StartedData | JobEnd) -> Outcome | None:
+        """A ``started`` or an end that is a duplicate: redo its early-end reconciliation
+        (``settle``), which its first delivery may not have reached."""
+        if isinstance(data, StartedData):
+            return self.settle(self.shadows.refs_of(data) if data.indexing_mode == "shadow" else (data.job_id,))
+        return self.settle((data.job_id or data.shadow_index_id or "",))
 
     def heartbeat(self, data: HeartbeatData, origin: Origin) -> Outcome:
         update = HeartbeatUpdate(
@@ -145,11 +169,9 @@ class Service:
         if outcome is not None:
             return outcome
         remembered = early_ends.remember(self.store, job_id, data, reason, origin, self.clock(), self.policy)
-        if remembered.status is Status.DUPLICATE:
-            return remembered
         # its start may have committed meanwhile, before it could see this end: end the job now
-        # (keyless: the event's inbox key was written with the remembered end)
-        return self._for_job(job_id, Origin(actor=origin.actor, time=origin.time), rule, shadow) or remembered
+        settled = self.settle((job_id,))
+        return remembered if remembered.status is Status.DUPLICATE else settled or remembered
 
     # --- operators ------------------------------------------------------------------
 
@@ -164,7 +186,8 @@ class Service:
                             Origin(actor=operator))
 
     def check(self, branch: str, resource_type: str | None, action: str = "write") -> Decision:
-        """The permission check; a store failure propagates as ``StoreUnavailable``."""
+        """The permission check; a store failure propagates as ``StoreUnavailable``, a blank
+        branch, resource type or action is refused with ``InvalidRequest``."""
         return permissions.check(self.store.load(branch), branch, resource_type, action, self.clock(), self.policy)
 
     def list_locks(self, branch: str | None = None) -> list[LockView]:

@@ -118,8 +118,9 @@ class Settings(BaseSettings):
         "alive: each job's clock offset is estimated from its events and corrected (see indexgate.skew).",
     )
     verify_timeout_s: float = Field(
-        2.0, gt=0, description="http(s) index locations: timeout of each post-switch HEAD/GET. It runs "
-        "inside the switch's blackout; twice it must stay below the switch claim window.",
+        2.0, gt=0, description="Deadline of the whole post-switch verification, any kind (http(s): HEAD, "
+        "GET and redirects together); a late answer is a failed verification (rollback). It runs inside the "
+        "switch's blackout; twice it must stay below the switch claim window.",
     )
     verifiers: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")]] = Field(
         default_factory=dict, description='Post-switch verifiers per location kind, JSON {"es": '
@@ -245,7 +246,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _verification_fits_the_switch_claim(self) -> "Settings":
-        """HEAD, then maybe GET, run inside the unrefreshed switch lock: they must end before it dies."""
+        """The verification runs inside the unrefreshed switch lock, bounded by this deadline; with the
+        swap and a rollback around it, it must end well before the lock dies."""
         claim_s = self.missed_heartbeats * self.switch_lock_heartbeat_interval_s
         if 2 * self.verify_timeout_s >= claim_s:
             raise ValueError(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 from pydantic import BaseModel
 
@@ -50,7 +50,7 @@ from indexgate.outcomes import Origin, Outcome, Status
 from indexgate.rules import Policy, Transition
 from indexgate.settings import Settings
 from indexgate.schemas.payloads import HeartbeatData, JobEnd, StartedData, SwitchRequestData
-from indexgate.schemas.records import AuditKind, LockKind, ReleaseReason
+from indexgate.schemas.records import AuditKind, EarlyEnd, LockKind, ReleaseReason
 from indexgate.schemas.shadows import (
     IndexPointer,
     IndexState,
@@ -138,11 +138,11 @@ class Shadows:
     def register(self, data: StartedData, origin: Origin) -> Outcome:
         """Register the build; one whose end already arrived is registered ended, in the same write."""
         index_type = data.index_type or self.policy.default_index_type
+        refs = self.refs_of(data)
         request = shadows.BuildRequest(
-            shadow_index_id=getattr(data, "shadow_index_id", None) or f"shadow-{data.job_id}", job_id=data.job_id,
+            shadow_index_id=refs[1], job_id=data.job_id,
             index_type=index_type, resource_types=tuple(data.resource_types), holder=data.service_name or origin.actor,
             heartbeat_interval_s=data.heartbeat_interval_s, event_time=origin.time)
-        refs = (request.job_id, request.shadow_index_id)
         early = early_ends.lookup(self.store, refs, self.commits.clock(), self.rules)
         rule: Rule = lambda s, now: shadows.register(s, request, now, self.rules)  # noqa: E731
         if early is not None:
@@ -151,11 +151,26 @@ class Shadows:
         outcome = self._mutate(index_key(data.branch, index_type), rule, origin)
         if early is not None:
             self._after_end(request.shadow_index_id, early.reason, outcome)
-        elif outcome.status is Status.APPLIED:  # an end remembered while this start was applied ends it now
-            late = early_ends.lookup(self.store, refs, self.commits.clock(), self.rules)
-            if late is not None:
-                self.finish(request.shadow_index_id, early_ends.payload(late), late.reason, early_ends.origin_of(late))
+        elif outcome.status in (Status.APPLIED, Status.DUPLICATE):  # an end remembered meanwhile ends it now
+            self.settle(refs)
         return outcome
+
+    @staticmethod
+    def refs_of(data: StartedData) -> tuple[str, str]:
+        """The job id and the shadow id a shadow ``started`` registers its build under."""
+        return data.job_id, getattr(data, "shadow_index_id", None) or f"shadow-{data.job_id}"
+
+    def settle(self, refs: Sequence[str], late: EarlyEnd | None = None) -> Outcome | None:
+        """End the build known by ``refs`` if its end (``late``, else looked up) was remembered
+        while it was registered and it is still building (``Service.settle`` says why)."""
+        late = late or early_ends.lookup(self.store, refs, self.commits.clock(), self.rules)
+        key = self.store.index_of(refs[0]) if late is not None else None
+        state = self.store.load_index(key) if key else None
+        build = state.build(refs[0]) if state else None
+        if late is None or build is None or shadows.effective_state(
+                build, self.commits.clock(), self.rules) not in (ShadowState.PREPARING, ShadowState.BUILDING):
+            return None
+        return self.finish(build.shadow_index_id, early_ends.payload(late), late.reason, early_ends.origin_of(late))
 
     def progress(self, data: HeartbeatData, origin: Origin) -> Outcome:
         return self._mutate(self._key_of(data.job_id), lambda s, now: shadows.progress(

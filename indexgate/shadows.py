@@ -147,11 +147,13 @@ def register(state: IndexState, req: BuildRequest, now: datetime, policy: Policy
                     "limit": "INDEXGATE_MAX_BUILDS_PER_INDEX"},
         ))
         return t
+    clock = skew.observe(ClockSkew(), req.event_time, now, policy.max_clock_skew_s)
     build = ShadowBuild(
         shadow_index_id=req.shadow_index_id, job_id=req.job_id, branch=t.state.branch, index_type=t.state.index_type,
         resource_types=list(req.resource_types), holder=req.holder, created_at=now, last_heartbeat=now,
         heartbeat_interval_s=req.heartbeat_interval_s or policy.default_heartbeat_interval_s,
-        last_event_time=req.event_time, clock=skew.observe(ClockSkew(), req.event_time, now, policy.max_clock_skew_s),
+        last_event_time=skew.believed_time(req.event_time, now, policy.max_clock_skew_s), clock=clock,
+        last_alive_at=skew.alive_at(clock, req.event_time, now, policy.max_clock_skew_s),
     )
     t.state.builds.append(build)
     t.note(_entry(AuditKind.SHADOW_STATE, now, req.holder, t.state, build, "registered", to=S.PREPARING))
@@ -171,13 +173,15 @@ def progress(state: IndexState, ref: str, now: datetime, policy: Policy, *, perc
         else:
             t.note(_entry(AuditKind.IGNORED, now, build.holder, t.state, build, f"heartbeat for a {current} build"))
         return t
-    if event_time and build.last_event_time and event_time < build.last_event_time:
-        t.note(_entry(AuditKind.IGNORED, now, build.holder, t.state, build, "stale heartbeat (older than one applied)"))
+    beat = skew.beat(build.clock, event_time, now, policy.max_clock_skew_s, policy.missed_heartbeats)
+    build.clock = beat.clock  # kept even from a stale heartbeat: the estimate must move on (indexgate.skew)
+    stale = skew.stale(beat, build.last_alive_at)
+    if stale:
+        t.touch()
+        t.note(_entry(AuditKind.IGNORED, now, build.holder, t.state, build, stale))
         return t
-    build.last_event_time = event_time or build.last_event_time
-    build.clock = skew.observe(build.clock, event_time, now, policy.max_clock_skew_s)
-    build.last_heartbeat = max(build.last_heartbeat, skew.alive_at(build.clock, event_time, now,
-                                                                   policy.max_clock_skew_s))
+    build.last_event_time, build.last_alive_at = beat.believed_time or build.last_event_time, beat.alive_at
+    build.last_heartbeat = max(build.last_heartbeat, beat.alive_at)
     build.build_progress_percent = percent if percent is not None else build.build_progress_percent
     build.record_count = record_count if record_count is not None else build.record_count
     build.estimated_remaining_s = eta_s

@@ -66,8 +66,8 @@ class StartedData(_Payload):
 
     @model_validator(mode="after")
     def _resource_types_are_names(self) -> "StartedData":
-        if any(not rt or not isinstance(rt, str) for rt in self.resource_types):
-            raise ValueError("resource_types must be non-empty strings")
+        if any(not isinstance(rt, str) or not rt.strip() for rt in self.resource_types):
+            raise ValueError("resource_types must be non-empty strings (not blank)")
         return self
 
 

@@ -61,8 +61,10 @@ class AuditKind(StrEnum):
 class ClockSkew(_Record):
     """What a job's events told about its funnel's clock (``indexgate.skew`` has the rule).
 
-    ``offset_s`` is the largest believed ``time - received`` of the job's events (its clock's
-    skew minus the least transit seen), ``last_offset_s`` the latest event's, believed or not.
+    ``recent_offsets_s`` are the believed ``time - received`` of the job's latest events (at
+    most ``skew.window`` of them, oldest first); ``offset_s`` is their largest (its clock's
+    skew minus the least transit among them), ``last_offset_s`` the latest event's, believed
+    or not.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -70,6 +72,7 @@ class ClockSkew(_Record):
     offset_s: float | None = None
     last_offset_s: float | None = None
     observations: int = 0
+    recent_offsets_s: tuple[float, ...] = ()
 
 
 class Lock(_Record):
@@ -108,7 +111,8 @@ class JobRecord(_Record):
     branch: str
     status: JobStatus
     holder: str
-    last_event_time: datetime | None = None
+    last_event_time: datetime | None = None  # the newest believed ``time`` of its events (indexgate.skew)
+    last_alive_at: datetime | None = None  # when its newest applied event counts, on our clock: heartbeats are ordered by it
     ended_at: datetime | None = None
     outcome: str | None = None
     clock: ClockSkew = Field(default_factory=ClockSkew)

@@ -63,7 +63,8 @@ class ShadowBuild(_Record):
     completed_at: datetime | None = None
     heartbeat_interval_s: float
     last_heartbeat: datetime
-    last_event_time: datetime | None = None
+    last_event_time: datetime | None = None  # the newest believed ``time`` of its events (indexgate.skew)
+    last_alive_at: datetime | None = None  # when its newest applied event counts, on our clock: heartbeats are ordered by it
     build_progress_percent: float = 0.0
     record_count: int | None = None
     index_size_bytes: int | None = None

@@ -131,6 +131,8 @@ def test_bad_parameters_are_422(seeded) -> None:
     with api_process(settings) as url:
         for path, params in [("/v1/check", {}), ("/v1/check", {"branch": ""}),
                              ("/v1/check", {"branch": "main", "resource_type": ""}),
+                             ("/v1/check", {"branch": " "}), ("/v1/check", {"branch": "main", "resource_type": " "}),
+                             ("/v1/check", {"branch": "main", "action": "\t"}),
                              ("/v1/check", {"branch": "x" * 600}), ("/v1/audit", {"limit": 0}),
                              ("/v1/audit", {"limit": "many"}), ("/v1/index", {"branch": "main"})]:
             response = get(url, path, params=params)

@@ -78,6 +78,19 @@ def test_check_exit_codes_and_json(cli) -> None:
     assert "other resource types" in run("check", "main", "object_type").output
 
 
+def test_check_refuses_blank_names_and_keeps_the_whole_branch_aliases(cli) -> None:
+    service, run = cli
+    start(service, "job-1", ["object_type"])
+    for args in (["main", ""], ["main", "  "], ["", "object_type"], ["main", "object_type", "--action", ""]):
+        refused = run("check", *args)
+        assert refused.exit_code == 2, (args, refused.output)
+        assert "ALLOWED" not in refused.output and "must not be empty" in refused.output
+        assert len(refused.output.strip().splitlines()) == 1
+    for alias in ("*", "-"):  # the whole branch: blocked by the typed lock
+        whole = run("check", "main", alias, "--json")
+        assert whole.exit_code == 3 and json.loads(whole.output)["resource_type"] is None
+
+
 def test_check_reports_an_unreachable_store_distinctly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the store's folder should be")

@@ -12,6 +12,7 @@ import pytest
 
 from indexgate import early_ends
 from indexgate.events import catalog
+from indexgate.errors import StoreUnavailable
 from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.locks import Policy
 from indexgate.outcomes import Origin
@@ -155,3 +156,85 @@ def test_a_real_worker_applies_a_completion_published_before_its_start(broker_se
     assert "completed" in why and "no lock taken" in why
     assert service.list_locks(BRANCH) == [] and service.check(BRANCH, "object_type").allowed
     assert not [e for e in service.store.audit(50) if e.kind is AuditKind.ACQUIRED]
+
+
+# --- the race closer survives a store failure between the two writes -----------------------
+
+
+class FailsOnce:
+    """Wrap a store call: after ``armed()`` is true, its next call raises StoreUnavailable once."""
+
+    def __init__(self, real, armed) -> None:
+        self.real, self.armed, self.failed = real, armed, False
+
+    def __call__(self, *args, **kwargs):
+        if not self.failed and self.armed():
+            self.failed = True
+            raise StoreUnavailable("store down for a moment (test)")
+        return self.real(*args, **kwargs)
+
+
+def held_by(service: Service, job: str, shadow: bool) -> bool:
+    if shadow:
+        return service.shadows.status(job)["state"] in ("PREPARING", "BUILDING")
+    return bool(service.list_locks(BRANCH)) and not service.check(BRANCH, "object_type").allowed
+
+
+@pytest.mark.parametrize("shadow", [False, True], ids=["traditional", "shadow"])
+def test_a_started_retried_after_the_store_failed_past_its_acquire_still_meets_its_end(
+        service: Service, store, monkeypatch, shadow: bool) -> None:
+    """The end is remembered while the start takes its lock; the store fails before the start
+    looks for it again; the task retries the start, which is a duplicate by then."""
+    real_lookup = early_ends.lookup
+    calls = []
+
+    def end_arrives_after_the_first_lookup(store, refs, now, policy):
+        calls.append(refs)
+        found = real_lookup(store, refs, now, policy)
+        if len(calls) == 1:  # the end event is applied now: remembered, since the job is unknown yet
+            early_ends.remember(store, "job-1", catalog.ROUTES[COMPLETED].model.model_validate(
+                {"job_id": "job-1", "record_count": 5}), ReleaseReason.COMPLETED, Origin(actor="funnel"), T0, POLICY)
+        return found
+
+    monkeypatch.setattr(early_ends, "lookup", FailsOnce(end_arrives_after_the_first_lookup, lambda: len(calls) >= 1))
+    started = event(STARTED, {"job_id": "job-1", "branch": BRANCH, "resource_types": ["object_type"]}
+                    | ({"indexing_mode": "shadow", "index_type": "SEARCH_INDEX"} if shadow else {}))
+    with pytest.raises(StoreUnavailable):
+        catalog.apply(service, started)
+    assert held_by(service, "job-1", shadow)  # the lock (build) was committed with the start's inbox key
+    assert catalog.apply(service, started).status == "duplicate"  # the retry
+    assert not held_by(service, "job-1", shadow)
+    if shadow:
+        assert service.shadows.status("job-1")["state"] == "BUILT"
+    else:
+        [released] = [e for e in service.store.audit(50) if e.kind is AuditKind.RELEASED]
+        assert released.reason == "completed" and released.detail["arrived_before_started"] is True
+    assert catalog.apply(service, started).status == "duplicate"  # and again: nothing more happens
+
+
+@pytest.mark.parametrize("shadow", [False, True], ids=["traditional", "shadow"])
+def test_an_end_retried_after_the_store_failed_past_remembering_it_still_ends_its_job(
+        service: Service, store, monkeypatch, shadow: bool) -> None:
+    """The start commits while the end is being remembered; the store fails before the end
+    looks for the job again; the task retries the end, which is a duplicate by then."""
+    real_remember = store.remember_end
+    remembered = []
+
+    def start_commits_meanwhile(*args, **kwargs):
+        data = {"indexing_mode": "shadow", "index_type": "SEARCH_INDEX"} if shadow else {}
+        assert start(service, "job-1", "object_type", **data).status == "applied"
+        real_remember(*args, **kwargs)
+        remembered.append(True)
+
+    monkeypatch.setattr(store, "remember_end", start_commits_meanwhile)
+    monkeypatch.setattr(store, "branch_of_job", FailsOnce(store.branch_of_job, lambda: bool(remembered)))
+    ended = event(COMPLETED, {"job_id": "job-1", "record_count": 5})
+    with pytest.raises(StoreUnavailable):
+        catalog.apply(service, ended)
+    assert held_by(service, "job-1", shadow)
+    assert catalog.apply(service, ended).status == "duplicate"  # the retry
+    assert not held_by(service, "job-1", shadow)
+    if shadow:
+        assert service.shadows.status("job-1")["state"] == "BUILT"
+    writes = len(service.store.audit(1000))
+    assert catalog.apply(service, ended).status == "duplicate" and len(service.store.audit(1000)) == writes

@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 
 from indexgate import locks, permissions
+from indexgate.errors import InvalidRequest, MalformedEvent
 from indexgate.locks import AcquireRequest, HeartbeatUpdate
 from indexgate.schemas.records import BranchState, LockKind
 from tests.service_kit import POLICY
+from indexgate.service import Service
 from tests.test_locks import BRANCH, at, grant, held, req
+from tests.test_service import start
 
 
 def decide(state: BranchState | None, rt: str | None, seconds: float = 0, action: str = "write"):
@@ -72,3 +75,49 @@ def test_read_is_allowed_even_during_a_switch():
     state = held(AcquireRequest(job_id="s", holder="x", resource_types=(None,), reason="switch", kind=LockKind.SWITCH))
     assert decide(state, "object_type", action="read").allowed
     assert decide(state, "object_type", 0.001).retry_after_s == pytest.approx(permissions.SWITCH_RETRY_AFTER_S)
+
+
+# --- empty names are refused, never answered "allowed" -----------------------------------
+
+
+BLANK = ["", " ", "\t\n"]
+
+
+@pytest.mark.parametrize("blank", BLANK, ids=repr)
+def test_a_blank_branch_resource_type_or_action_is_refused(blank: str):
+    state = held(req("job-1", "object_type"))
+    for branch, rt, action in [(blank, "object_type", "write"), (BRANCH, blank, "write"), (BRANCH, "object_type", blank)]:
+        with pytest.raises(InvalidRequest, match="must not be empty"):
+            permissions.check(state, branch, rt, action, at(0), POLICY)
+    assert not decide(state, None).allowed  # None stays "the whole branch"
+
+
+def test_the_service_refuses_a_blank_name(service: Service):
+    start(service, "job-1", "object_type")
+    for args in [(BRANCH, ""), ("", "object_type"), (BRANCH, "object_type", "")]:
+        with pytest.raises(InvalidRequest):
+            service.check(*args)
+    assert not service.check(BRANCH, permissions.whole_branch("*")).allowed
+
+
+@pytest.mark.parametrize("alias", sorted(permissions.WHOLE_BRANCH_ALIASES))
+def test_a_started_naming_a_whole_branch_alias_locks_the_whole_branch(service: Service, alias: str):
+    """``*`` (or ``-``) in ``resource_types`` means the whole branch, as it does to the CLI and the API."""
+    assert start(service, "job-1", alias, "object_type").status == "applied"
+    [view] = service.list_locks()
+    assert view.lock.resource_type is None
+    for rt in ("object_type", "link_type", None):
+        assert not service.check(BRANCH, rt).allowed, rt
+
+
+def test_a_shadow_build_naming_the_whole_branch_switches_under_a_branch_wide_lock(service: Service):
+    start(service, "job-s", "*", indexing_mode="shadow", index_type="SEARCH_INDEX")
+    [(build, _)] = service.shadows.builds()
+    assert build.resource_types == []  # the switch lock it will take is branch-wide
+
+
+@pytest.mark.parametrize("blank", BLANK, ids=repr)
+def test_a_started_naming_a_blank_resource_type_is_malformed(service: Service, blank: str):
+    with pytest.raises(MalformedEvent, match="non-empty strings"):
+        start(service, "job-1", blank)
+    assert service.list_locks() == []

@@ -234,3 +234,92 @@ def test_locks_show_and_health_show_the_holders_skew(tmp_path: Path, monkeypatch
     text = runner.invoke(main, ["locks", "health", view.lock.lock_id]).output
     assert "holder clock skew -300." in text
     assert "clock_skew_s" in runner.invoke(main, ["locks", "show", view.lock.lock_id]).output
+
+
+# --- one outlier, a backward step: the estimate recovers, the lock lives -----------------
+
+
+OUTLIERS = {"far-future": 365 * 86_400.0, "5-min-ahead": 300.0}
+
+
+@pytest.mark.parametrize("outlier_s", list(OUTLIERS.values()), ids=list(OUTLIERS))
+def test_one_outlying_heartbeat_does_not_kill_a_live_lock(service: Service, clock: MutableClock,
+                                                          outlier_s: float) -> None:
+    """One heartbeat stamped +1 year (not believed) or +5 min (inside the bound, believed),
+    then heartbeats on schedule: the lock lives, and the funnel's heartbeats keep counting."""
+    funnel = Funnel(service, clock, 0)
+    funnel.start()
+    clock.advance(INTERVAL_S - TRANSIT_S)
+    assert funnel.beat(sent=clock.now - timedelta(seconds=TRANSIT_S) + timedelta(seconds=outlier_s)).status == "applied"
+    outcomes = []
+    for _ in range(5):
+        clock.advance(INTERVAL_S - TRANSIT_S)
+        outcomes.append(funnel.beat().status)
+        assert alive(service), f"lock lost {clock.now - T0} after the start; heartbeats so far {outcomes}"
+    [view] = views(service)
+    assert view.in_force and view.clock_skew_s == pytest.approx(-TRANSIT_S)  # the estimate came back
+    assert outcomes[-3:] == ["applied"] * 3 and outcomes.count("ignored") <= 1
+    assert not [e for e in service.store.audit(50) if e.kind is AuditKind.RELEASED]
+    job = service.store.load(BRANCH).job("job-1")
+    assert job.last_event_time is not None and job.last_event_time < clock.now  # never the bogus far-future time
+
+
+@pytest.mark.parametrize("outlier_s", list(OUTLIERS.values()), ids=list(OUTLIERS))
+def test_one_outlying_heartbeat_does_not_kill_a_live_shadow_build(service: Service, clock: MutableClock,
+                                                                  outlier_s: float) -> None:
+    funnel = Funnel(service, clock, 0, job="job-s")
+    funnel.start(shadow=True)
+    clock.advance(INTERVAL_S - TRANSIT_S)
+    funnel.beat(sent=clock.now - timedelta(seconds=TRANSIT_S) + timedelta(seconds=outlier_s))
+    outcomes = []
+    for _ in range(5):
+        clock.advance(INTERVAL_S - TRANSIT_S)
+        outcomes.append(funnel.beat().status)
+        assert service.shadows.status("job-s")["state"] == "BUILDING", outcomes
+    assert outcomes[-3:] == ["applied"] * 3
+    [(build, _)] = service.shadows.builds()
+    assert build.last_event_time is not None and build.last_event_time < clock.now
+
+
+@pytest.mark.parametrize("step_s", [-300, -600], ids=["5-min-back", "10-min-back"])
+def test_a_backward_step_of_the_funnel_clock_does_not_kill_a_live_lock(service: Service, clock: MutableClock,
+                                                                       step_s: float) -> None:
+    """A clock 10 min fast, corrected mid-job: its heartbeats look older by the step until
+    the estimate forgets the fast observations (``skew.window``); the lock lives."""
+    funnel = Funnel(service, clock, BOUND_S)
+    funnel.start()
+    for _ in range(3):
+        clock.advance(INTERVAL_S - TRANSIT_S)
+        funnel.beat()
+    funnel.skew_s += step_s
+    for _ in range(5):
+        clock.advance(INTERVAL_S - TRANSIT_S)
+        funnel.beat()
+        assert alive(service)
+    assert views(service)[0].clock_skew_s == pytest.approx(BOUND_S + step_s - TRANSIT_S)
+
+
+def test_the_estimate_forgets_observations_beyond_its_window() -> None:
+    clock = ClockSkew()
+    for n, offset_s in enumerate((-100.0, 300.0, -100.5, -100.2)):  # one believed outlier among prompt events
+        received = T0 + timedelta(seconds=60 * n)
+        clock = skew.observe(clock, received + timedelta(seconds=offset_s), received, BOUND_S, window=2)
+        if n == 1:
+            assert clock.offset_s == 300.0  # believed: it might be a forward step
+    assert clock.offset_s == -100.2 and clock.observations == 4
+    assert skew.window(3) == 2 and skew.window(5) == 4 and skew.window(1) == 2
+
+
+def test_a_clock_slower_than_the_bound_still_has_its_heartbeats_applied_in_order(service: Service,
+                                                                                 clock: MutableClock) -> None:
+    """Ordered by corrected time among the job's own events (not against the lock's grant):
+    a clock a day slow gets its progress applied, though its locks die at the deadline."""
+    funnel = Funnel(service, clock, -86_400)
+    funnel.start()
+    clock.advance(30)
+    sent = funnel.stamp(clock.now)
+    progress = catalog.apply(service, event(HEARTBEAT, {"job_id": "job-1", "progress_percent": 40}, time=sent))
+    assert progress.status == "applied" and views(service)[0].lock.progress_percent == 40
+    older = catalog.apply(service, event(HEARTBEAT, {"job_id": "job-1", "progress_percent": 10},
+                                         time=sent - timedelta(seconds=20)))
+    assert older.status == "ignored" and "stale" in older.detail and views(service)[0].lock.progress_percent == 40

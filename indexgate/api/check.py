@@ -36,6 +36,7 @@ from indexgate.api.models import MAX_ACTION, MAX_NAME
 from indexgate.permissions import Decision, whole_branch
 
 CHECK_PATH = "/v1/check"
+NOT_BLANK = r"\S"  # a name of spaces is no name: the check refuses it (indexgate.permissions), so does the route
 _JSON = "application/json"
 router = APIRouter()
 
@@ -56,10 +57,10 @@ async def answer(ctx: ApiContext, branch: str, resource_type: str | None, action
             summary="May ACTION on RESOURCE_TYPE of BRANCH proceed now?")
 async def check(
     ctx: Annotated[ApiContext, Depends(context)],
-    branch: Annotated[str, Query(min_length=1, max_length=MAX_NAME)],
-    resource_type: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME,
+    branch: Annotated[str, Query(min_length=1, max_length=MAX_NAME, pattern=NOT_BLANK)],
+    resource_type: Annotated[str | None, Query(min_length=1, max_length=MAX_NAME, pattern=NOT_BLANK,
                                                description="omitted (or `*`): the whole branch")] = None,
-    action: Annotated[str, Query(min_length=1, max_length=MAX_ACTION,
+    action: Annotated[str, Query(min_length=1, max_length=MAX_ACTION, pattern=NOT_BLANK,
                                  description="`read` and `draft` are always allowed")] = "write",
 ) -> Response:
     """``allowed`` with the blocking lock (holder, progress, ETA, health, deadlines),
@@ -78,7 +79,7 @@ def parse_check_query(query_string: bytes) -> tuple[str, str | None, str] | None
     found: dict[str, str] = {}
     for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
         if key in _LIMITS:
-            if key in found or not 1 <= len(value) <= _LIMITS[key]:
+            if key in found or not 1 <= len(value) <= _LIMITS[key] or not value.strip():
                 return None
             found[key] = value
     if "branch" not in found:

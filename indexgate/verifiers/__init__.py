@@ -19,16 +19,21 @@ A deployment registers its own verifier for a kind (it wins over the built-in on
   the setting wins over an entry point.
 
 A verifier is a callable ``(location: str) -> bool | tuple[bool, str]``: True (verified) or
-False (rolled back), with an optional reason. It runs inside the blackout: it must answer
-quickly (well within the switch claim window). An exception it raises, or an answer of
-another type, counts as a failed verification. Verifiers are resolved (imported) before the
-switch lock is taken, and a kind's verifier is loaded once per process; one that cannot be
-loaded is a ``ConfigError``.
+False (rolled back), with an optional reason. It runs inside the blackout, under a switch
+lock nobody refreshes, so every verification - built-in or not - has one wall-clock
+deadline, ``INDEXGATE_VERIFY_TIMEOUT_S`` (the settings keep twice it below the switch claim
+window): the verifier runs in a daemon thread, and no answer by the deadline counts as a
+failed verification (rolled back, the reason says so); its late answer is dropped. An
+exception it raises, or an answer of another type, also counts as failed. Verifiers are
+resolved (imported) before the switch lock is taken, and a kind's verifier is loaded once
+per process; one that cannot be loaded is a ``ConfigError``.
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
+from concurrent.futures import Future, TimeoutError as NoAnswer
 from importlib.metadata import entry_points
 from typing import Any, Callable, Mapping
 
@@ -38,6 +43,7 @@ from indexgate.schemas.shadows import Verification, VerifyOutcome
 
 ENTRY_POINT_GROUP = "indexgate.verifiers"
 DEFAULT_TIMEOUT_S = 2.0
+MAX_REDIRECTS = 3  # an http(s) location may redirect this often (a load balancer, an alias), not 20 times
 Verifier = Callable[[str], Any]  # -> bool | tuple[bool, str]
 Check = Callable[[], Verification]  # a location's verification, ready to run inside the blackout
 
@@ -64,7 +70,7 @@ class Verifiers:
             reason = "no location to verify" if location is None else f"no verifier for {kind}"
             return lambda: Verification(kind=kind, outcome=VerifyOutcome.NO_VERIFIER, reason=reason)
         verifier, name = found
-        return lambda: _run(verifier, name, kind, location)
+        return lambda: _run(verifier, name, kind, location, self.timeout_s)
 
     def verify(self, location: str | None) -> Verification:
         return self.prepare(location)()
@@ -92,7 +98,7 @@ def _builtin(kind: str, timeout_s: float) -> tuple[Verifier, str] | None:
     if kind in ("http", "https"):
         from indexgate.verifiers.http import HttpVerifier
 
-        return HttpVerifier(timeout_s), "http"
+        return HttpVerifier(timeout_s, MAX_REDIRECTS), "http"
     return None
 
 
@@ -110,11 +116,24 @@ def _import(spec: str, kind: str, where: str) -> Verifier:
     return target
 
 
-def _run(verifier: Verifier, name: str, kind: str, location: str) -> Verification:
-    """One verification; whatever goes wrong in a deployment's verifier fails it, never the switch."""
+def _run(verifier: Verifier, name: str, kind: str, location: str, deadline_s: float) -> Verification:
+    """One verification, answered by ``deadline_s``; whatever goes wrong in a deployment's
+    verifier (an exception, a wrong answer, no answer in time) fails it, never the switch."""
+    answered: Future = Future()
+
+    def call() -> None:
+        try:
+            answered.set_result(verifier(location))
+        except Exception as exc:  # a plugin boundary: any failure of it means "not verified"
+            answered.set_exception(exc)
+
+    threading.Thread(target=call, name=f"indexgate-verify-{kind}", daemon=True).start()
     try:
-        answer = verifier(location)
-    except Exception as exc:  # a plugin boundary: any failure of it means "not verified"
+        answer = answered.result(timeout=deadline_s)
+    except NoAnswer:  # it may still answer; nobody listens any more
+        return _failed(kind, f"verifier {name} gave no answer within {deadline_s:g} s (INDEXGATE_VERIFY_TIMEOUT_S) "
+                             f"for {location}")
+    except Exception as exc:
         return _failed(kind, f"verifier {name} raised {type(exc).__name__}: {exc}")
     if isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], bool):
         ok, reason = answer[0], str(answer[1])

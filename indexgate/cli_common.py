@@ -51,10 +51,9 @@ _EXITS: tuple[tuple[type[IndexgateError], str, int], ...] = (
 class Name(click.ParamType):
     """A branch, resource type, id, action or source: not blank, at most ``most`` characters."""
 
-    name = "name"
-
-    def __init__(self, most: int = MAX_NAME) -> None:
+    def __init__(self, most: int = MAX_NAME, name: str = "name") -> None:
         self.most = most
+        self.name = name  # click's metavar in --help: NAME, TEXT
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value)
@@ -80,7 +79,7 @@ class Seconds(click.ParamType):
 
 
 NAME = Name()
-TEXT = Name(MAX_TEXT)
+TEXT = Name(MAX_TEXT, "text")
 SECONDS = Seconds()
 LIMIT = click.IntRange(1, MAX_READ_LIMIT)  # what GET /v1/audit and /v1/deadletters accept
 PORT = click.IntRange(1, 65535)

@@ -4,6 +4,9 @@ WORKDIR /src
 COPY . .
 RUN pip install --no-cache-dir ".[server,flower]"
 RUN useradd --create-home indexgate
+# the worker's metrics folder and the API's read-only view of it (docker-compose's worker-metrics volume):
+# a named volume copies the ownership of the image's folder, so the indexgate user can write there
+RUN install -d -o indexgate /home/indexgate/metrics /home/indexgate/worker-metrics
 # run from a folder without the sources, so the installed ``indexgate`` package is the one imported
 WORKDIR /home/indexgate
 USER indexgate

@@ -257,10 +257,11 @@ def _limits(m: dict, n: int, prof: dict | None, confirm_ms: float | None) -> str
     if "worker main" in hb and hb["worker main"] > 0:
         per_hb, per_noop = hb["worker main"] * 1000 / n, noop["worker main"] * 1000 / n
         how = ("the intake thread reads the stream in batches and hands each batch to the pool as one "
-               "indexgate.intake task, which the consumer thread then takes and dispatches"
+               "intake task (indexgate.<kind>), which the consumer thread then takes and dispatches"
                if m.get("stream") else
                "one Celery consumer thread takes each funnel event, hands the events that arrive together to the "
-               "pool as one indexgate.intake task (one publisher confirm), then takes that task and dispatches it")
+               "pool as one intake task per event kind (one publisher confirm each), then takes that task and "
+               "dispatches it")
         parts.append(
             f"the worker's main process is the serial stage ({how}); its CPU per noop / per heartbeat, "
             f"{per_noop:.2f} / "

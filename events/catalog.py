@@ -34,6 +34,10 @@ class Route:
     model: type[BaseModel]
     handle: Handler
     summary: str
+    kind: str  # names its Celery task (``indexgate.<kind>``), its metrics and log lines
+
+
+UNKNOWN_KIND = "unknown"  # a message whose type is not in the catalog, or cannot be told
 
 
 def _end(reason: ReleaseReason) -> Handler:
@@ -42,23 +46,25 @@ def _end(reason: ReleaseReason) -> Handler:
 
 ROUTES: dict[str, Route] = {
     "com.oms.indexing.started": Route(
-        StartedData, lambda s, d, o: s.start(d, o), "a job starts; traditional mode locks, shadow mode builds"
-    ),
+        StartedData, lambda s, d, o: s.start(d, o), "a job starts; traditional mode locks, shadow mode builds",
+        "indexing.started"),
     "com.oms.indexing.heartbeat": Route(
-        HeartbeatData, lambda s, d, o: s.heartbeat(d, o), "the job is alive; may carry progress and ETA"
-    ),
+        HeartbeatData, lambda s, d, o: s.heartbeat(d, o), "the job is alive; may carry progress and ETA",
+        "indexing.heartbeat"),
     "com.oms.indexing.progress": Route(
-        HeartbeatData, lambda s, d, o: s.heartbeat(d, o), "progress report; counts as a heartbeat"
-    ),
-    "com.oms.indexing.completed": Route(CompletedData, _end(ReleaseReason.COMPLETED), "the job finished"),
+        HeartbeatData, lambda s, d, o: s.heartbeat(d, o), "progress report; counts as a heartbeat",
+        "indexing.progress"),
+    "com.oms.indexing.completed": Route(CompletedData, _end(ReleaseReason.COMPLETED), "the job finished",
+                                        "indexing.completed"),
     "com.oms.shadow.indexing.completed": Route(
-        CompletedData, _end(ReleaseReason.COMPLETED), "seed spelling of a shadow build's completion"
-    ),
-    "com.oms.indexing.failed": Route(FailedData, _end(ReleaseReason.FAILED), "the job failed"),
-    "com.oms.indexing.cancelled": Route(CancelledData, _end(ReleaseReason.CANCELLED), "the job was cancelled"),
+        CompletedData, _end(ReleaseReason.COMPLETED), "seed spelling of a shadow build's completion",
+        "shadow.indexing.completed"),
+    "com.oms.indexing.failed": Route(FailedData, _end(ReleaseReason.FAILED), "the job failed", "indexing.failed"),
+    "com.oms.indexing.cancelled": Route(CancelledData, _end(ReleaseReason.CANCELLED), "the job was cancelled",
+                                        "indexing.cancelled"),
     "com.oms.shadow.switch.requested": Route(
-        SwitchRequestData, lambda s, d, o: s.shadows.switch_requested(d, o), "switch a BUILT shadow index in"
-    ),
+        SwitchRequestData, lambda s, d, o: s.shadows.switch_requested(d, o), "switch a BUILT shadow index in",
+        "shadow.switch"),
 }
 
 

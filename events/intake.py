@@ -26,6 +26,8 @@ from pydantic import BaseModel
 from indexgate.events import catalog
 from indexgate.events.brokers.base import Acks
 from indexgate.events.decode import MAX_HEADER_BYTES, MAX_HEADERS, RawMessage, decode
+from indexgate.events.labels import Label
+from indexgate.logs import log_context
 from indexgate.clock import utcnow
 from indexgate.errors import MalformedEvent, OperatorError, TransientError
 from indexgate.outcomes import Outcome, Status
@@ -47,17 +49,21 @@ class Delivery(BaseModel):
 
 
 class HandOff(BaseModel):
-    """The payload of one ``indexgate.intake`` task."""
+    """The payload of one intake task (``indexgate.<kind>``, see ``workers.tasks``)."""
 
     items: list[Delivery]
     consumer: str | None = None  # Redis: the stream consumer that handed these off
 
 
-def ingest_batch(service: Service, settings: Settings, handoff: HandOff, acks: Acks | None) -> list[Outcome]:
+def ingest_batch(service: Service, settings: Settings, handoff: HandOff, acks: Acks | None,
+                 labels: list[Label] | None = None) -> list[Outcome]:
+    """``labels`` (one per item, ``events.labels``): log lines while an item is applied carry
+    its event id, type, branch and job id."""
     outcomes: list[Outcome] = []
     try:
-        for item in handoff.items:
-            outcomes.append(ingest(service, settings, item.raw))
+        for i, item in enumerate(handoff.items):
+            with log_context(**(labels[i].log_fields() if labels else {})):
+                outcomes.append(ingest(service, settings, item.raw))
     except TransientError:
         if acks is not None:
             _settle(acks, handoff.items[:len(outcomes)], handoff.items[len(outcomes):])
@@ -101,7 +107,7 @@ def dead_letter(service: Service, raw: RawMessage, reason: str, settings: Settin
     )
     service.record_dead_letter(letter)
     log.warning("dead-lettered message %s: %s", letter.letter_id, reason)
-    return Outcome(status=Status.DEAD_LETTERED, detail=reason)
+    return Outcome(status=Status.DEAD_LETTERED, detail=reason, ref=letter.letter_id)
 
 
 def kept_headers(headers: dict[str, str], most: int, largest_bytes: int) -> dict[str, str]:

@@ -13,6 +13,7 @@ import sys
 import click
 
 from indexgate.cli_common import (
+    EXIT_BAD_REQUEST,
     EXIT_DENIED,
     LIMIT,
     NAME,
@@ -88,9 +89,11 @@ def serve(host: str, port: int, log_level: str) -> None:
     from indexgate.settings import sanitized_url
 
     settings = load_settings()
-    run(settings, host, port, log_level, listening=lambda: click.echo(
-        f"indexgate API on http://{host}:{port} (store {sanitized_url(settings.resolved_store_url)}, "
-        f"token {'required' if settings.api_token else 'not required'})", err=True))
+    banner = f"indexgate API on http://{host}:{port} (store {sanitized_url(settings.resolved_store_url)}, " \
+             f"token {'required' if settings.api_token else 'not required'})"
+    # once the address is ours; JSON logs say it as their first line instead
+    run(settings, host, port, log_level,
+        listening=(lambda: click.echo(banner, err=True)) if settings.log_format == "text" else None)
 
 
 @main.command()
@@ -264,7 +267,45 @@ def _letter_line(letter: DeadLetter) -> str:
     line = f"{letter.at:%Y-%m-%dT%H:%M:%SZ}  {letter.letter_id}  {letter.routing_key or '-'}  {letter.reason}"
     if letter.body_truncated:
         line += f"  [body truncated: {letter.body_bytes} bytes, sha256 {letter.body_sha256}]"
+    if letter.replayed_at is not None:
+        line += f"  [replayed {letter.replays}x, last {letter.replayed_at:%Y-%m-%dT%H:%M:%SZ} by {letter.replayed_by}]"
     return line
+
+
+@deadletters.command("replay")
+@click.argument("letter_ids", nargs=-1, type=NAME)
+@click.option("--all", "every", is_flag=True, help="Every letter not replayed yet (oldest first).")
+@click.option("--dry-run", is_flag=True, help="Send nothing: decode each letter and say what a worker would do.")
+@click.option("--again", is_flag=True, help="Send letters that were replayed before too.")
+@click.option("--operator", type=NAME, default=None, help="Who (default: user@host); kept on the letter.")
+@click.option("--json", "as_json", is_flag=True)
+@guarded
+def deadletters_replay(letter_ids: tuple[str, ...], every: bool, dry_run: bool, again: bool, operator: str | None,
+                       as_json: bool) -> None:
+    """Send kept messages back through the intake (same decode, same inbox: an event applied
+    meanwhile changes nothing). A letter whose body or headers were cut cannot be replayed.
+    Exit 2 if any letter was refused or not found, 5 if the broker cannot be reached."""
+    from indexgate.events.brokers import transport_for
+    from indexgate.events.replay import REFUSED, replay
+
+    if bool(letter_ids) == every:
+        raise click.UsageError("give letter ids or --all (not both)")
+    settings = load_settings()
+    transport = transport_for(settings)
+    try:
+        results = replay(service().store, transport, settings, list(letter_ids) or None, operator or operator_name(),
+                         dry_run=dry_run, again=again)
+    finally:
+        transport.close()
+    if as_json:
+        emit([{"letter_id": r.letter_id, "status": str(r.status), "detail": r.detail} for r in results])
+    else:
+        for r in results:
+            click.echo(f"{r.letter_id}  {r.status}: {r.detail}")
+        if not results:
+            click.echo("no dead letters to replay")
+    if any(r.status in REFUSED for r in results):
+        sys.exit(EXIT_BAD_REQUEST)
 
 
 @main.command()

@@ -10,6 +10,9 @@
     ├── DuplicateEvent              the event's source|id was committed by a concurrent delivery
     ├── MalformedEvent              an incoming event cannot be decoded or validated;
     │                               it is dead-lettered with this message as the reason
+    ├── DeadLettered                an intake task dead-lettered some of its events (committed,
+    │                               acked, never retried): its Celery state is FAILURE, so
+    │                               Flower shows it as such, never as a plain SUCCESS
     ├── TransientError              retry later: the task layer retries these with backoff
     │   ├── StoreError
     │   │   ├── StoreUnavailable    the store cannot be reached or is locked
@@ -61,6 +64,13 @@ class DuplicateEvent(IndexgateError):
 
 class MalformedEvent(IndexgateError):
     """An incoming event is not a valid funnel CloudEvent; the message is the reason."""
+
+
+class DeadLettered(IndexgateError):
+    """Raised by an intake task *after* its batch was applied and its dead letters were
+    committed (and, on Redis, its stream entries acked): nothing is retried or lost; the
+    task ends in FAILURE so a dead letter never looks like a success. The message names
+    the letters and what the rest of the batch did (``indexgate deadletters list``)."""
 
 
 class TransientError(IndexgateError):

@@ -44,6 +44,7 @@ class Outcome:
     status: Status
     detail: str = ""
     audit: list[AuditEntry] = field(default_factory=list)
+    ref: str | None = None  # what it made that is not in the audit: a dead letter's letter_id
 
     def as_dict(self) -> dict:
         return {"status": str(self.status), "detail": self.detail, "entries": [e.entry_id for e in self.audit]}

@@ -25,7 +25,7 @@ from indexgate.rules import Policy, Transition
 from indexgate.schemas.payloads import HeartbeatData, JobEnd, StartedData
 from indexgate.schemas.records import AuditEntry, AuditKind, BranchState, DeadLetter, Health, ReleaseReason
 from indexgate.settings import Settings
-from indexgate.shadow_service import Shadows, SwitchPolicy
+from indexgate.shadow_service import Shadows, SwitchPolicy, SwitchResult
 from indexgate.store import Store, open_store
 
 __all__ = ["Origin", "Outcome", "Service", "policy_from"]
@@ -50,22 +50,25 @@ def policy_from(settings: Settings) -> Policy:
 class Service:
     def __init__(self, store: Store, policy: Policy, clock: Clock = utcnow, notify: Notify | None = None,
                  switch: SwitchPolicy | None = None, on_switch_step: Callable[[str], None] | None = None,
-                 retention: RetentionPolicy | None = None, max_resource_types_per_event: int = 256) -> None:
+                 retention: RetentionPolicy | None = None, max_resource_types_per_event: int = 256,
+                 on_switch: Callable[[SwitchResult], None] | None = None) -> None:
         self.store = store
         self.policy = policy
         self.clock = clock
         self.commits = Commits(store, clock, notify)
-        self.shadows = Shadows(self.commits, policy, self, switch or SwitchPolicy(), on_step=on_switch_step)
+        self.shadows = Shadows(self.commits, policy, self, switch or SwitchPolicy(), on_step=on_switch_step,
+                               on_switch=on_switch)
         self.retention = Retention(store, retention or RetentionPolicy(), clock)
         self.max_resource_types_per_event = max_resource_types_per_event
 
     @classmethod
     def from_settings(cls, settings: Settings, notify: Notify | None = None,
-                      on_switch_step: Callable[[str], None] | None = None) -> "Service":
+                      on_switch_step: Callable[[str], None] | None = None,
+                      on_switch: Callable[[SwitchResult], None] | None = None) -> "Service":
         return cls(open_store(settings), policy_from(settings), notify=notify,
                    switch=SwitchPolicy.from_settings(settings), on_switch_step=on_switch_step,
                    retention=RetentionPolicy.from_settings(settings),
-                   max_resource_types_per_event=settings.max_resource_types_per_event)
+                   max_resource_types_per_event=settings.max_resource_types_per_event, on_switch=on_switch)
 
     def acquire(self, branch: str, request: AcquireRequest, origin: Origin) -> Outcome:
         """Grant locks directly (the switch lock); events go through ``start``."""

@@ -162,10 +162,19 @@ class Settings(BaseSettings):
         60, description="Redis: an entry unacked for this long (its worker died, its hand-off task was "
         "lost in a Redis crash) is handed off again. Keep it above the time a batch takes to apply.",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Worker, beat and API logs: text lines, or json (one JSON object per line with the "
+        "event id, type, branch and job id where known).",
+    )
+    worker_metrics_dir: Path | None = Field(
+        None, description="indexgate serve: the folder the worker's prometheus_client multiprocess files are in "
+        "(the worker's PROMETHEUS_MULTIPROC_DIR, on this machine or a shared volume); /metrics merges every *.db "
+        "file below it. Unset: /metrics has no worker-side series.",
+    )
     api_token: SecretStr | None = Field(
-        None, min_length=1, description="HTTP API: when set, every endpoint but /healthz and /readyz requires it "
-        "as a bearer token (401 otherwise). Set but empty refuses to start (an unset shell variable must not "
-        "turn auth off).",
+        None, min_length=1, description="HTTP API: when set, every endpoint but /healthz, /readyz and /metrics "
+        "requires it as a bearer token (401 otherwise). Set but empty refuses to start (an unset shell variable "
+        "must not turn auth off).",
     )
     api_store_timeout_s: float = Field(
         1.0, gt=0, description="HTTP API: a store call that takes longer is answered 503 (unknown), never "

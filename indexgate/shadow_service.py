@@ -121,7 +121,9 @@ class SwitchResult(BaseModel):
 class Shadows:
     def __init__(self, commits: Commits, rules: Policy, locks: SwitchLocks, policy: SwitchPolicy,
                  inspect: Callable[[str | None], shadows.LocationFacts] = locations.inspect,
-                 on_step: Callable[[str], None] | None = None) -> None:
+                 on_step: Callable[[str], None] | None = None,
+                 on_switch: Callable[[SwitchResult], None] | None = None) -> None:
+        self.on_switch = on_switch  # sees every switch and rollback's result (the worker's metrics)
         self.commits = commits
         self.store = commits.store
         self.rules = rules
@@ -191,6 +193,16 @@ class Shadows:
     def switch(self, ref: str, *, force: bool = False, checks: list[str] | tuple[str, ...] = shadows.CHECKS,
                backup: bool = True, actor: str = SWITCHER, retry_if_busy: bool = False) -> SwitchResult:
         """Validate, claim, lock, swap, verify, unlock. See the module docstring."""
+        return self._seen(self._switch(ref, force=force, checks=checks, backup=backup, actor=actor,
+                                       retry_if_busy=retry_if_busy))
+
+    def _seen(self, result: SwitchResult) -> SwitchResult:
+        if self.on_switch is not None:
+            self.on_switch(result)
+        return result
+
+    def _switch(self, ref: str, *, force: bool, checks: list[str] | tuple[str, ...], backup: bool, actor: str,
+                retry_if_busy: bool) -> SwitchResult:
         started = perf_counter()
         key = self._key_of(ref)
         state = self._load(key)
@@ -284,9 +296,9 @@ class Shadows:
         finally:
             self.locks.release(branch, job, ReleaseReason.COMPLETED, _origin())
         blackout_ms = (perf_counter() - blackout_start) * 1000
-        return SwitchResult(status=Status.ROLLED_BACK, shadow_index_id=restored.shadow_index_id if restored else "",
-                            branch=branch, index_type=index_type, detail=why, fencing_token=token,
-                            blackout_ms=round(blackout_ms, 3))
+        return self._seen(SwitchResult(
+            status=Status.ROLLED_BACK, shadow_index_id=restored.shadow_index_id if restored else "", branch=branch,
+            index_type=index_type, detail=why, fencing_token=token, blackout_ms=round(blackout_ms, 3)))
 
     def cancel(self, ref: str, actor: str, why: str) -> Outcome:
         return self._mutate(self._key_of(ref), lambda s, now: shadows.end(

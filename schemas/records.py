@@ -201,6 +201,8 @@ class DeadLetter(_Record):
     The body is kept whole up to 64 KiB (``events.intake.DEAD_LETTER_BODY_LIMIT``) and cut
     beyond, so a funnel sending huge messages cannot fill the store; the full body's size and
     sha256 are kept to identify it. Letters stored before these fields existed read as None.
+    A letter sent back through the intake (``indexgate deadletters replay``) is marked with
+    when, by whom and how often; a cut body cannot be replayed.
     """
 
     letter_id: str = Field(default_factory=new_id)
@@ -214,3 +216,6 @@ class DeadLetter(_Record):
     body_bytes: int | None = None  # size of the full body as received
     body_sha256: str | None = None  # hex sha256 of the full body as received
     body_truncated: bool = False  # True when ``body`` holds only its first bytes
+    replayed_at: datetime | None = None  # ``indexgate deadletters replay``: when it was last sent back
+    replayed_by: str | None = None  # ... and by whom (user@host, or --operator)
+    replays: int = 0  # how many times it was sent back

@@ -200,7 +200,7 @@ def test_unexpected_handler_error_is_dead_lettered_not_raised(service, settings,
 
 def test_route_handler_error_is_dead_lettered(service, settings, store, monkeypatch):
     route = catalog.ROUTES[STARTED]
-    monkeypatch.setitem(catalog.ROUTES, STARTED, catalog.Route(route.model, lambda *_: 1 / 0, route.summary))
+    monkeypatch.setitem(catalog.ROUTES, STARTED, catalog.Route(route.model, lambda *_: 1 / 0, route.summary, route.kind))
     outcome = ingest(service, settings, fixture_raw("indexing-started-traditional.json"))
     assert outcome.status == "dead_lettered" and "ZeroDivisionError" in outcome.detail
 

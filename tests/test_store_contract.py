@@ -395,6 +395,23 @@ def test_dead_letters_round_trip_newest_first(store: Store) -> None:
     assert store.dead_letters(limit=1) == [letters[2]]
 
 
+def test_dead_letter_by_id_and_replay_marks(store: Store) -> None:
+    """``indexgate deadletters replay`` marks a letter: when, by whom, how often (mongomock for Mongo)."""
+    letter, other = a_letter(0), a_letter(1)
+    store.add_dead_letter(letter)
+    store.add_dead_letter(other)
+    assert store.dead_letter(letter.letter_id) == letter and store.dead_letter("nope") is None
+    store.mark_replayed(letter.letter_id, T0 + timedelta(minutes=1), "ops@host")
+    store.mark_replayed(letter.letter_id, T0 + timedelta(minutes=2), "night@host")
+    store.mark_replayed("nope", T0, "ops@host")  # a missing letter: nothing happens
+    marked = store.dead_letter(letter.letter_id)
+    assert marked is not None and marked.replays == 2 and marked.replayed_by == "night@host"
+    assert marked.replayed_at == T0 + timedelta(minutes=2)
+    assert marked.model_copy(update={"replays": 0, "replayed_at": None, "replayed_by": None}) == letter
+    assert store.dead_letter(other.letter_id) == other  # untouched
+    assert [x.letter_id for x in store.dead_letters()] == [other.letter_id, letter.letter_id]  # order kept
+
+
 def test_dead_letters_keep_the_cut_body_fields(store: Store) -> None:
     plain = a_letter(0)
     cut = a_letter(1).model_copy(update={"body_bytes": 5_000_000, "body_sha256": "ab" * 32, "body_truncated": True})

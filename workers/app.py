@@ -24,9 +24,10 @@ import os
 from typing import Callable
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from kombu.utils.url import maybe_sanitize_url
 
+from indexgate import logs, metrics
 from indexgate.beat_schedule import build_schedule
 from indexgate.events.brokers import transport_for
 from indexgate.errors import StoreUnavailable
@@ -75,7 +76,26 @@ def create_app(settings: Settings | None = None, on_switch_step: Callable[[str],
     app.steps["worker"].add(StreamStep)
     register_tasks(app)
     _connect_signals(app)
+    _connect_observability(app)
     return app
+
+
+def _connect_observability(app: Celery) -> None:
+    """JSON or text logs (``INDEXGATE_LOG_FORMAT``); the metrics folder wiped at the worker's
+    start, before its pool forks, and a finished pool child marked dead (``indexgate.metrics``)."""
+    logs.install_celery(app.indexgate_settings.log_format == "json")  # type: ignore[attr-defined]
+
+    def wipe_metrics(sender=None, **_) -> None:
+        folder = metrics.multiproc_dir()
+        if getattr(sender, "app", None) is app and folder is not None:
+            metrics.wipe(folder)
+            log.info("worker metrics: prometheus multiprocess files in %s (wiped at start)", folder)
+
+    def child_ended(pid=None, **_) -> None:
+        metrics.mark_dead(pid or os.getpid())
+
+    worker_init.connect(wipe_metrics, weak=False)
+    worker_process_shutdown.connect(child_ended, weak=False)
 
 
 def _connect_signals(app: Celery) -> None:

@@ -1,7 +1,8 @@
-"""The intake: how the funnel's CloudEvents get from the broker into ``indexgate.intake`` tasks.
+"""The intake: how the funnel's CloudEvents get from the broker into the pool's tasks.
 
 Celery only runs its own task messages, so foreign messages come in beside it and are
-handed to the pool as one ``indexgate.intake`` task each (durable, persistent); decoding,
+handed to the pool as tasks (durable, persistent), one per event kind in a batch
+(``hand_off``: ``indexgate.indexing.heartbeat``, ... with readable ``argsrepr``); decoding,
 validation, dead-lettering and the store all happen in the pool, under the tasks' retry
 policy. The broker's intake transport (``events.brokers``) says which of two bootsteps
 runs (``IntakeMode``) and what it reads:
@@ -38,6 +39,7 @@ from kombu import Consumer
 from indexgate.events.brokers import IntakeMode
 from indexgate.events.decode import RawMessage
 from indexgate.events.intake import Delivery, HandOff
+from indexgate.events.labels import TASK_NAMES, Label, batch_repr, label_of
 from indexgate.workers.runtime import outage_reported, settings_of, transport_of
 
 if TYPE_CHECKING:
@@ -45,7 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INTAKE_TASK = "indexgate.intake"
+INTAKE_TASK = "indexgate.intake"  # the one task name before tasks were named by kind: still served
+INTAKE_TASKS = frozenset({*TASK_NAMES, INTAKE_TASK})  # every task that applies funnel events
 FORGET_CONSUMER_IDLE_S = 3600  # a stream consumer this quiet, holding nothing, belonged to a gone worker
 MOVE_EVERY_S = 0.1  # Redis: how often the pump looks for kombu publishes (its reads block no longer)
 MOVE_BUSY_EVERY_S = 0.02  # ... while kombu publishes keep coming (within KOMBU_BUSY_S of the last)
@@ -115,7 +118,27 @@ def _settle(messages: list, how: str) -> None:
 
 
 def hand_off(app, handoff: HandOff) -> None:
-    app.send_task(INTAKE_TASK, args=[handoff.model_dump(mode="json")])
+    """One task per event kind in the batch (``indexgate.indexing.heartbeat``, ...), each
+    with a readable ``argsrepr`` / ``kwargsrepr`` (type, branch, job, event id) that Flower
+    shows and searches. Within a kind the batch's order is kept; across kinds, as across
+    batches, the pool may apply events in any order (the service tolerates it: early ends,
+    heartbeats of unknown jobs, duplicates). A failure part-way leaves the originals
+    unacked: sent groups are applied again on redelivery and dropped by the inbox."""
+    for name, items, labels in by_kind(handoff.items):
+        args_repr, kwargs_repr = batch_repr(labels)
+        app.send_task(name, args=[HandOff(items=items, consumer=handoff.consumer).model_dump(mode="json")],
+                      argsrepr=args_repr, kwargsrepr=kwargs_repr)
+
+
+def by_kind(items: list[Delivery]) -> list[tuple[str, list[Delivery], list[Label]]]:
+    """The deliveries grouped by their label's task name, groups in first-seen order."""
+    groups: dict[str, tuple[list[Delivery], list[Label]]] = {}
+    for item in items:
+        label = label_of(item.raw)
+        group = groups.setdefault(label.task_name, ([], []))
+        group[0].append(item)
+        group[1].append(label)
+    return [(name, delivered, labels) for name, (delivered, labels) in groups.items()]
 
 
 class StreamStep(bootsteps.StartStopStep):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from celery import Celery
 
+from indexgate import metrics
 from indexgate.events.brokers import Acks, IntakeTransport
 from indexgate.events.publisher import Publisher
 from indexgate.service import Service
@@ -158,5 +159,6 @@ def reset(app: Celery) -> None:
 
 def _build(settings: Settings, on_switch_step=None) -> Runtime:
     publisher = Publisher(settings)
-    service = Service.from_settings(settings, notify=publisher.publish_entries, on_switch_step=on_switch_step)
+    service = Service.from_settings(settings, notify=publisher.publish_entries, on_switch_step=on_switch_step,
+                                    on_switch=metrics.observe_switch)
     return Runtime(settings, service, publisher, Outage(outage_flag(settings)), os.getpid())

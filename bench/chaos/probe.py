@@ -24,7 +24,7 @@ import time
 from celery.signals import task_postrun, task_prerun
 
 from indexgate.workers import app  # noqa: F401  (the app celery -A finds here)
-from indexgate.workers.intake import INTAKE_TASK
+from indexgate.workers.intake import INTAKE_TASKS
 
 PROBE_DIR = os.environ.get("CHAOS_PROBE_DIR")
 SLEEP_S = float(os.environ.get("CHAOS_PROBE_SLEEP_MS", "0")) / 1000.0
@@ -47,7 +47,7 @@ if PROBE_DIR:
 
     @task_prerun.connect(weak=False)
     def _before(sender=None, task_id=None, **_kwargs) -> None:
-        if getattr(sender, "name", None) != INTAKE_TASK:
+        if getattr(sender, "name", None) not in INTAKE_TASKS:
             return
         _mark(f"pre {task_id}")
         _pause()
@@ -55,7 +55,7 @@ if PROBE_DIR:
 
     @task_postrun.connect(weak=False)
     def _after(sender=None, task_id=None, **_kwargs) -> None:
-        if getattr(sender, "name", None) != INTAKE_TASK:
+        if getattr(sender, "name", None) not in INTAKE_TASKS:
             return
         _mark(f"post {task_id}")
         _pause()

@@ -213,17 +213,20 @@ def broker_diagnosis(settings: Settings, tokens: Iterable[str]) -> str:
 
 
 class RabbitNode:
-    """A RabbitMQ node of our own (name, ports, cookie, data in a temp dir, no plugins), so
-    ``rabbitmqctl stop_app`` / ``start_app`` never touch the shared broker on 5672."""
+    """A RabbitMQ node of our own (name, ports, cookie, data in a temp dir; no plugins, or the
+    management plugin on a port of its own), so ``rabbitmqctl stop_app`` / ``start_app`` never
+    touch the shared broker on 5672."""
 
     SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
     CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, management: bool = False) -> None:
         self.folder = Path(folder)
         self.port = free_port()
         self.node = f"chaos{self.port}@localhost"
         self.proc: subprocess.Popen | None = None
+        # the management plugin's HTTP API on a port of its own (Flower's Broker page reads it)
+        self.management_port = free_port() if management else None
 
     @classmethod
     def available(cls) -> bool:
@@ -249,10 +252,14 @@ class RabbitNode:
     def start(self) -> None:
         for sub in ("home", "mnesia", "log"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
-        (self.folder / "enabled_plugins").write_text("[].\n")
+        plugins = "[rabbitmq_management]" if self.management_port else "[]"
+        (self.folder / "enabled_plugins").write_text(f"{plugins}.\n")
         (self.folder / "advanced.config").write_text("[].\n")
         (self.folder / "env.conf").write_text("")
-        (self.folder / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        conf = f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        if self.management_port:
+            conf += f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+        (self.folder / "rabbitmq.conf").write_text(conf)
         with open(self.folder / "server.out", "w") as out:
             self.proc = subprocess.Popen([self.SERVER], env=self._env(), stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)

@@ -3,7 +3,7 @@
 Two real ``celery -A bench.chaos.probe worker`` processes (prefork, 2 pool processes each;
 the probe only marks which event a pool process is in, see ``probe.py``) consume a stream
 of jobs (started -> heartbeats -> end) from the broker into one SQLite store. A killer
-thread waits until a pool process is inside an ``indexgate.intake`` task, waits a random
+thread waits until a pool process is inside an intake task (``indexgate.<kind>``), waits a random
 moment, and SIGKILLs:
 
 - ``sigkill``: that pool process. The parent sees the worker lost and, with

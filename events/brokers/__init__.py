@@ -14,7 +14,7 @@ from kombu import Connection
 from kombu.utils.url import maybe_sanitize_url
 
 from indexgate.errors import ConfigError
-from indexgate.events.brokers.base import Acks, Alert, IntakeMode, IntakeTransport
+from indexgate.events.brokers.base import Acks, Alert, Backlog, IntakeMode, IntakeTransport
 from indexgate.settings import Settings
 
 SCHEMES = {"filesystem": "embedded", "redis": "redis", "rediss": "redis", "amqp": "amqp", "amqps": "amqp",
@@ -42,4 +42,4 @@ def transport_for(settings: Settings, connection: Connection | None = None) -> I
                       "amqp://... or leave INDEXGATE_BROKER_URL unset for the embedded broker")
 
 
-__all__ = ["Acks", "Alert", "IntakeMode", "IntakeTransport", "transport_for"]
+__all__ = ["Acks", "Alert", "Backlog", "IntakeMode", "IntakeTransport", "transport_for"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator, Protocol, Sequence
 
@@ -49,6 +50,18 @@ class Acks(Protocol):
     def ack(self, refs: list[str]) -> None: ...
 
     def touch(self, refs: list[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The intake's backlog for metrics and the locks board (from ``status()``): events not
+    yet applied, how many of them a worker holds unacked, and how long the oldest has waited
+    (None where the broker does not tell: RabbitMQ's AMQP shows no message ages)."""
+
+    waiting: int
+    unacked: int | None
+    oldest_age_s: float | None
+    alerts: list[dict[str, Any]]
 
 
 def alert(kind: Alert, place: str, waiting: int, message: str) -> dict[str, Any]:
@@ -170,6 +183,12 @@ class IntakeTransport(ABC):
     @abstractmethod
     def status(self) -> dict[str, Any]:
         """``indexgate intake status``: what waits where, who reads it, and ``alerts``."""
+
+    def backlog(self) -> Backlog:
+        """``status()`` in the few numbers metrics need."""
+        report = self.status()
+        queue = report.get("queue", {})
+        return Backlog(waiting=int(queue.get("waiting", 0)), unacked=None, oldest_age_s=None, alerts=report["alerts"])
 
     def queue_depth(self, name: str) -> tuple[int, int] | None:
         """(messages ready, consumers) of queue ``name``; None when nobody declared it. A

@@ -17,7 +17,7 @@ from cloudevents.core.bindings.rabbitmq import RabbitMQMessage
 from kombu.exceptions import OperationalError
 
 from indexgate.events.brokers import redis_stream
-from indexgate.events.brokers.base import Alert, IntakeMode, IntakeTransport, alert
+from indexgate.events.brokers.base import Alert, Backlog, IntakeMode, IntakeTransport, alert
 from indexgate.events.brokers.redis_kombu import ALIASES
 
 
@@ -95,6 +95,14 @@ class RedisTransport(IntakeTransport):
                                 f"kombu publishes to exchange {kombu['exchange']} are dropped: it has no kombu binding "
                                 f"to {kombu['list']} on this Redis; run `indexgate setup`"))
         return {"stream": stream, "kombu": kombu, "alerts": alerts}
+
+    def backlog(self) -> Backlog:
+        """Entries still in the stream (acked ones are deleted) plus kombu messages not yet
+        moved; the oldest entry's age from its id (the server's clock stamped it)."""
+        report = self.status()
+        stream, kombu = report["stream"], report["kombu"]
+        return Backlog(waiting=int(stream["length"]) + int(kombu["waiting"]), unacked=int(stream["pending"]),
+                       oldest_age_s=stream.get("oldest_entry_age_s"), alerts=report["alerts"])
 
     def waiting(self, queues: Sequence[str]) -> int:
         """Also the intake stream's entries (acked ones are deleted)."""

@@ -263,8 +263,19 @@ class StreamGroup:
             "stream": self.key, "group": self.group, "length": length,
             "pending": int(group.get("pending", 0)), "unread": group.get("lag") if group else length,
             "oldest_pending_idle_s": round(oldest[0]["time_since_delivered"] / 1000, 3) if oldest else None,
+            "oldest_entry_age_s": self._oldest_entry_age_s(),
             "consumers": self.consumers() if group else [], "live_readers": live,
         }
+
+    def _oldest_entry_age_s(self) -> float | None:
+        """How long ago the oldest entry still in the stream (not yet applied: applied ones are
+        deleted) was added: its id is the server's clock in ms at ``XADD``."""
+        first = self.conn.xrange(self.key, count=1)
+        if not first:
+            return None
+        seconds, micros = self.conn.time()
+        added_ms = int(first[0][0].decode().split("-")[0])
+        return round(max(0.0, seconds + micros / 1e6 - added_ms / 1000), 3)
 
     def kombu_status(self) -> dict[str, Any]:
         """The kombu door: messages on the intake's lists not yet moved, and whether kombu

@@ -21,7 +21,9 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexgate import __version__
-from indexgate.api import check, health, reads
+from indexgate.api import board, check, health, metrics, reads
+from indexgate.api.metrics import store_error_seen
+from indexgate.api.overview import Watch
 from indexgate.api.calls import StoreCalls, api_settings
 from indexgate.api.changes import ChangeFeed, Hub
 from indexgate.api.context import (
@@ -43,14 +45,15 @@ DESCRIPTION = """indexgate's HTTP API: may the OMS write resource type R on bran
 `GET /v1/check` answers from the store at this instant; 503 means *unknown* (the store is
 unreachable, locked, not initialized, or slower than `INDEXGATE_API_STORE_TIMEOUT_S`) and
 must be treated as not allowed. When `INDEXGATE_API_TOKEN` is set, every endpoint but
-`/healthz` and `/readyz` requires it as a bearer token."""
+`/healthz`, `/readyz` and `/metrics` requires it as a bearer token."""
 
 
 def create_api(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
     """The API over ``settings`` (default: the environment, refused if misconfigured)."""
     settings = api_settings(settings or Settings.from_env())
     ctx = ApiContext(settings=settings, service=service or Service.from_settings(settings),
-                     calls=StoreCalls(settings.api_store_timeout_s), hub=Hub())
+                     calls=StoreCalls(settings.api_store_timeout_s, on_error=store_error_seen), hub=Hub())
+    watch = Watch(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,11 +67,13 @@ def create_api(settings: Settings | None = None, service: Service | None = None)
             await asyncio.to_thread(feed.stop)
             ctx.calls.close()
             ctx.service.store.close()
+            await asyncio.to_thread(watch.close)
 
     app = FastAPI(title="indexgate", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.indexgate = ctx
-    for router in (health.router, check.router, reads.router):
+    app.state.watch = watch  # the overview behind /metrics and the board
+    for router in (health.router, check.router, reads.router, metrics.router, board.router):
         app.include_router(router)
     _add_changes_and_schema(app)
     _add_error_handlers(app)

@@ -15,7 +15,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
-from indexgate.errors import StoreTimeout
+from indexgate.errors import StoreTimeout, StoreUnavailable
 from indexgate.settings import Settings
 
 T = TypeVar("T")
@@ -32,16 +32,22 @@ def api_settings(settings: Settings) -> Settings:
 class StoreCalls:
     """Runs blocking store calls off the event loop, each awaited for at most ``timeout_s``."""
 
-    def __init__(self, timeout_s: float, threads: int = STORE_THREADS) -> None:
+    def __init__(self, timeout_s: float, threads: int = STORE_THREADS,
+                 on_error: Callable[[StoreUnavailable], None] = lambda _exc: None) -> None:
         self.timeout_s = timeout_s
+        self.on_error = on_error  # each failed or timed-out call (the API's metrics count them)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="indexgate-api-store")
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         future = self._pool.submit(fn, *args)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
+        except StoreUnavailable as exc:
+            self.on_error(exc)
+            raise
         except TimeoutError:
             future.cancel()  # still queued behind a hung call: never run it
+            self.on_error(StoreTimeout())
             raise StoreTimeout(
                 f"the store did not answer within {self.timeout_s:g} s (INDEXGATE_API_STORE_TIMEOUT_S): the answer "
                 "is unknown, not allowed; check the store's health (`indexgate locks summary`, its server)") from None

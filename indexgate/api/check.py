@@ -31,6 +31,7 @@ from indexgate.api.context import (
     error_of,
     require_token,
 )
+from indexgate.api.metrics import CHECKS
 from indexgate.api.models import MAX_ACTION, MAX_NAME
 from indexgate.permissions import Decision, whole_branch
 
@@ -44,8 +45,10 @@ async def answer(ctx: ApiContext, branch: str, resource_type: str | None, action
     try:
         decision = await ctx.calls.run(ctx.service.check, branch, whole_branch(resource_type), action)
     except STORE_ERRORS as exc:
+        CHECKS.labels("unknown").inc()
         status, body = error_of(exc)
         return status, body_bytes(body)
+    CHECKS.labels("allowed" if decision.allowed else "denied").inc()
     return 200, decision.model_dump_json().encode()
 
 

@@ -73,7 +73,8 @@ _bearer = HTTPBearer(auto_error=False, description="INDEXGATE_API_TOKEN, require
 
 
 async def require_token(request: Request, _: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    """Dependency of every route but ``/healthz`` and ``/readyz``."""
+    """Dependency of every route but ``/healthz``, ``/readyz`` and ``/metrics`` (the board checks
+    the token itself, also as a basic-auth password)."""
     header = request.headers.get("authorization")
     if not authorized(context(request), header.encode("latin-1") if header is not None else None):
         raise Unauthorized()

@@ -15,15 +15,19 @@ gives up on is a ``ServeError`` too.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Callable
 
 import uvicorn
 
+from indexgate import logs
 from indexgate.api.app import create_api, served_app
 from indexgate.api.changes import Hub
 from indexgate.errors import ServeError
-from indexgate.settings import Settings
+from indexgate.settings import Settings, sanitized_url
+
+log = logging.getLogger("indexgate.api")
 
 GRACEFUL_SHUTDOWN_S = 5
 
@@ -62,11 +66,18 @@ def listen(host: str, port: int) -> socket.socket:
 def run(settings: Settings, host: str = "127.0.0.1", port: int = 8700, log_level: str = "warning",
         listening: Callable[[], None] | None = None) -> None:
     """Serve until stopped; ``listening`` is called once the address is ours (the CLI's banner)."""
+    json_logs = settings.log_format == "json"
+    if json_logs:  # one JSON object per line; uvicorn's loggers (levels: log_level) propagate to it
+        logs.configure_root(True, logging.INFO)
     app = create_api(settings)
     sock = listen(host, port)
     config = uvicorn.Config(served_app(app), host=host, port=port, log_level=log_level, access_log=False,
-                            server_header=False, proxy_headers=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                            server_header=False, proxy_headers=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                            **({"log_config": None} if json_logs else {}))
     server = _Server(config, app.state.indexgate.hub)
+    if json_logs:
+        log.info("indexgate API on http://%s:%s (store %s, token %s)", host, port,
+                 sanitized_url(settings.resolved_store_url), "required" if settings.api_token else "not required")
     if listening:
         listening()
     try:

@@ -120,6 +120,13 @@ class Store(Protocol):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters, newest first."""
 
+    def dead_letter(self, letter_id: str) -> DeadLetter | None:
+        """One dead letter by id, or None."""
+
+    def mark_replayed(self, letter_id: str, at: datetime, by: str) -> None:
+        """Record that the letter was sent back through the intake (``replayed_at``,
+        ``replayed_by``, ``replays`` + 1); a missing letter is left alone."""
+
     # --- retention (``indexgate.retention``): each prunes what is older than ``before``
 
     def prune_inbox(self, before: datetime) -> int:

@@ -308,6 +308,18 @@ class MongoStore(MongoUpkeep, MongoConnection):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return [DeadLetter.model_validate(raw["doc"]) for raw in self._find("dead_letters", {}, DESCENDING, limit)]
 
+    def dead_letter(self, letter_id: str) -> DeadLetter | None:
+        with self._call(f"reading dead letter {letter_id}"):
+            raw = self._col("dead_letters").find_one({"_id": letter_id})
+        return DeadLetter.model_validate(raw["doc"]) if raw else None
+
+    def mark_replayed(self, letter_id: str, at: datetime, by: str) -> None:
+        """One single-document update: concurrent replays each count."""
+        with self._call(f"marking dead letter {letter_id} replayed"):
+            self._col("dead_letters").update_one(
+                {"_id": letter_id},
+                {"$set": {"doc.replayed_at": at.isoformat(), "doc.replayed_by": by}, "$inc": {"doc.replays": 1}})
+
     def _find(self, name: str, query: dict[str, Any], order: int, limit: int) -> Iterable[dict[str, Any]]:
         """``ORDER BY seq LIMIT n`` as SQLite reads it: 0 = nothing, negative = no limit."""
         if limit == 0:

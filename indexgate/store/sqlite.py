@@ -328,6 +328,20 @@ class SqliteStore(SqliteUpkeep):
             rows = conn.execute("SELECT doc FROM dead_letters ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [DeadLetter.model_validate_json(row[0]) for row in rows]
 
+    def dead_letter(self, letter_id: str) -> DeadLetter | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT doc FROM dead_letters WHERE letter_id = ?", (letter_id,)).fetchone()
+        return DeadLetter.model_validate_json(row[0]) if row else None
+
+    def mark_replayed(self, letter_id: str, at: datetime, by: str) -> None:
+        with self._tx(write=True) as conn:  # read and rewrite in one write transaction: replays never lost
+            row = conn.execute("SELECT doc FROM dead_letters WHERE letter_id = ?", (letter_id,)).fetchone()
+            if row is None:
+                return
+            letter = DeadLetter.model_validate_json(row[0])
+            marked = letter.model_copy(update={"replayed_at": at, "replayed_by": by, "replays": letter.replays + 1})
+            conn.execute("UPDATE dead_letters SET doc = ? WHERE letter_id = ?", (marked.model_dump_json(), letter_id))
+
 
 def _statements(script: str) -> list[str]:
     """The statements of a schema script (none of them holds a ``;`` of its own)."""

@@ -66,6 +66,7 @@ CREATE INDEX IF NOT EXISTS index_refs_key ON index_refs(key);
 class SqliteStore(SqliteUpkeep):
     def __init__(self, path: Path, busy_timeout_s: float = 5.0, synchronous: str = "FULL") -> None:
         self.path = Path(path)
+        self._file = os.fspath(self.path)
         self.busy_timeout_s = busy_timeout_s
         self.synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
@@ -119,8 +120,9 @@ class SqliteStore(SqliteUpkeep):
         return conn
 
     def _identity(self) -> tuple[int, int] | None:
+        """The file's (device, inode), or None when it does not exist: one ``stat`` (a few µs)."""
         try:
-            stat = os.stat(self.path)
+            stat = os.stat(self._file)
         except FileNotFoundError:
             return None
         return stat.st_dev, stat.st_ino

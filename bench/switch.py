@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.common import Figure, Report, bench_settings, percentiles, wait_until
 from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.errors import IndexgateError
-from indexgate.locations import write_index
+from indexgate.testing.indexes import write_index
 from indexgate.service import Service
 from indexgate.testing.broker_names import delete_run_names
 from indexgate.testing.processes import worker_processes

@@ -14,8 +14,12 @@ import click
 
 from indexgate.cli_common import (
     EXIT_BAD_REQUEST,
-    EXIT_CONFIG,
     EXIT_DENIED,
+    LIMIT,
+    NAME,
+    PORT,
+    SECONDS,
+    TEXT,
     Tool,
     load_settings,
     emit,
@@ -26,7 +30,6 @@ from indexgate.cli_common import (
 )
 from indexgate.cli_intake import intake
 from indexgate.cli_shadows import index, shadows
-from indexgate.errors import ConfigError
 from indexgate.permissions import whole_branch
 from indexgate.service import Outcome
 from indexgate.store import initialize_store
@@ -37,16 +40,12 @@ from indexgate.schemas.records import DeadLetter
 @click.version_option(package_name="indexgate")
 def main() -> None:
     """indexgate: branch locks and shadow-index switches driven by funnel CloudEvents."""
-    try:
-        load_settings()  # an unknown or bad INDEXGATE_* variable stops every command
-    except ConfigError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+    load_settings()  # an unknown or bad INDEXGATE_* variable stops every command (Tool: exit 6)
 
 
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
-@click.option("--concurrency", type=int, default=None, help="Pool processes (default: CPU count).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Pool processes (default: CPU count).")
 def up(loglevel: str, concurrency: int | None) -> None:
     """Run a worker with embedded beat in the foreground (embedded defaults: no servers)."""
     from indexgate.workers import app
@@ -79,19 +78,22 @@ def setup() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
-@click.option("--port", type=int, default=8700, show_default=True)
+@click.option("--port", type=PORT, default=8700, show_default=True)
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@guarded
 def serve(host: str, port: int, log_level: str) -> None:
-    """Run the HTTP API (GET /v1/check ...) on the configured store and broker."""
+    """Run the HTTP API (GET /v1/check ...) on the configured store and broker. Exit 1 if
+    it cannot listen there (address in use...), 6 if the settings cannot be used."""
     from indexgate.api.serve import run
     from indexgate.settings import sanitized_url
 
     settings = load_settings()
-    if settings.log_format == "text":  # JSON logs say it as their first line
-        click.echo(f"indexgate API on http://{host}:{port} (store {sanitized_url(settings.resolved_store_url)}, "
-                   f"token {'required' if settings.api_token else 'not required'})", err=True)
-    run(settings, host, port, log_level)
+    banner = f"indexgate API on http://{host}:{port} (store {sanitized_url(settings.resolved_store_url)}, " \
+             f"token {'required' if settings.api_token else 'not required'})"
+    # once the address is ours; JSON logs say it as their first line instead
+    run(settings, host, port, log_level,
+        listening=(lambda: click.echo(banner, err=True)) if settings.log_format == "text" else None)
 
 
 @main.command()
@@ -105,9 +107,9 @@ def demo(data_dir: str | None) -> None:
 
 
 @main.command()
-@click.argument("branch")
-@click.argument("resource_type")
-@click.option("--action", default="write", show_default=True, help="read and draft are always allowed.")
+@click.argument("branch", type=NAME)
+@click.argument("resource_type", type=NAME)
+@click.option("--action", type=NAME, default="write", show_default=True, help="read and draft are always allowed.")
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def check(branch: str, resource_type: str, action: str, as_json: bool) -> None:
@@ -127,7 +129,7 @@ def locks() -> None:
 
 
 @locks.command("list")
-@click.option("--branch", default=None)
+@click.option("--branch", type=NAME, default=None)
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def locks_list(branch: str | None, as_json: bool) -> None:
@@ -145,7 +147,7 @@ def locks_list(branch: str | None, as_json: bool) -> None:
 
 
 @locks.command("show")
-@click.argument("lock_id")
+@click.argument("lock_id", type=NAME)
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def locks_show(lock_id: str, as_json: bool) -> None:
@@ -158,7 +160,7 @@ def locks_show(lock_id: str, as_json: bool) -> None:
 
 
 @locks.command("health")
-@click.argument("lock_id")
+@click.argument("lock_id", type=NAME)
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def locks_health(lock_id: str, as_json: bool) -> None:
@@ -193,10 +195,10 @@ def _report(outcome: Outcome) -> None:
 
 
 @locks.command("extend")
-@click.argument("lock_id")
-@click.option("--by-s", type=float, required=True, help="Seconds to add to the TTL.")
-@click.option("--reason", required=True, help="Why; kept in the audit trail.")
-@click.option("--operator", default=None, help="Who (default: user@host).")
+@click.argument("lock_id", type=NAME)
+@click.option("--by-s", type=SECONDS, required=True, help="Seconds to add to the TTL.")
+@click.option("--reason", type=TEXT, required=True, help="Why; kept in the audit trail.")
+@click.option("--operator", type=NAME, default=None, help="Who (default: user@host).")
 @guarded
 def locks_extend(lock_id: str, by_s: float, reason: str, operator: str | None) -> None:
     """Extend a live lock's TTL (bounded by INDEXGATE_MAX_TTL_S after acquisition)."""
@@ -204,9 +206,9 @@ def locks_extend(lock_id: str, by_s: float, reason: str, operator: str | None) -
 
 
 @locks.command("release")
-@click.argument("lock_id")
-@click.option("--reason", required=True, help="Why; kept in the audit trail.")
-@click.option("--operator", default=None, help="Who (default: user@host).")
+@click.argument("lock_id", type=NAME)
+@click.option("--reason", type=TEXT, required=True, help="Why; kept in the audit trail.")
+@click.option("--operator", type=NAME, default=None, help="Who (default: user@host).")
 @guarded
 def locks_release(lock_id: str, reason: str, operator: str | None) -> None:
     """Force-release a lock (reason FORCED)."""
@@ -214,11 +216,11 @@ def locks_release(lock_id: str, reason: str, operator: str | None) -> None:
 
 
 @main.command()
-@click.argument("event_type")
+@click.argument("event_type", type=NAME)
 @click.option("--data", "data_json", required=True, help="The event's data as a JSON object.")
 @click.option("--mode", type=click.Choice(["structured", "binary"]), default="structured", show_default=True)
-@click.option("--source", default="indexgate-cli", show_default=True)
-@click.option("--id", "event_id", default=None, help="Event id (default: random).")
+@click.option("--source", type=NAME, default="indexgate-cli", show_default=True)
+@click.option("--id", "event_id", type=NAME, default=None, help="Event id (default: random).")
 @guarded
 def publish(event_type: str, data_json: str, mode: str, source: str, event_id: str | None) -> None:
     """Publish a funnel CloudEvent where the intake reads it (what the funnel does). Exit 5
@@ -246,7 +248,7 @@ def deadletters() -> None:
 
 
 @deadletters.command("list")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=LIMIT, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def deadletters_list(limit: int, as_json: bool) -> None:
@@ -271,11 +273,11 @@ def _letter_line(letter: DeadLetter) -> str:
 
 
 @deadletters.command("replay")
-@click.argument("letter_ids", nargs=-1)
+@click.argument("letter_ids", nargs=-1, type=NAME)
 @click.option("--all", "every", is_flag=True, help="Every letter not replayed yet (oldest first).")
 @click.option("--dry-run", is_flag=True, help="Send nothing: decode each letter and say what a worker would do.")
 @click.option("--again", is_flag=True, help="Send letters that were replayed before too.")
-@click.option("--operator", default=None, help="Who (default: user@host); kept on the letter.")
+@click.option("--operator", type=NAME, default=None, help="Who (default: user@host); kept on the letter.")
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def deadletters_replay(letter_ids: tuple[str, ...], every: bool, dry_run: bool, again: bool, operator: str | None,
@@ -307,8 +309,8 @@ def deadletters_replay(letter_ids: tuple[str, ...], every: bool, dry_run: bool, 
 
 
 @main.command()
-@click.option("--branch", default=None)
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--branch", type=NAME, default=None)
+@click.option("--limit", type=LIMIT, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def audit(branch: str | None, limit: int, as_json: bool) -> None:

@@ -3,26 +3,32 @@
 Exit codes (the README lists them): 0 ok / allowed, 1 unexpected failure, 2 bad request
 or usage, 3 denied, 4 unknown (the store cannot answer), 5 broker unreachable,
 6 configuration error. Every failure is one line on stderr, never a traceback: ``guarded``
-maps indexgate's errors to their codes, ``Tool`` (the root group) turns click's usage
-errors and anything unexpected into one line too.
+maps indexgate's errors to their codes (``fail``), ``Tool`` (the root group) does the same
+for a command that is not guarded and turns click's usage errors and anything unexpected
+into one line too. The parameter types below refuse, as the HTTP API does, what would
+otherwise be asked quietly: an empty name (an unset shell variable: ``check "" ...`` must
+not answer about branch ""), a limit below 1, seconds that are not a finite positive number.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import math
 import socket
 import sys
 from functools import wraps
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
 
 from indexgate.errors import BrokerUnavailable, ConfigError, IndexgateError, OperatorError, StoreUnavailable
 from indexgate.locks import LockView
 from indexgate.permissions import LockStatus
+from indexgate.schemas.payloads import MAX_NAME, MAX_SECONDS
 from indexgate.service import Service
 from indexgate.settings import Settings
+from indexgate.store.base import MAX_READ_LIMIT
 
 EXIT_FAILURE = 1
 EXIT_BAD_REQUEST = 2
@@ -30,6 +36,53 @@ EXIT_DENIED = 3
 EXIT_STORE_UNAVAILABLE = 4
 EXIT_BROKER_UNAVAILABLE = 5
 EXIT_CONFIG = 6
+MAX_TEXT = 4096  # a --reason (the events' reasons have the same bound)
+
+# most specific first: (error type, what the line starts with, exit code)
+_EXITS: tuple[tuple[type[IndexgateError], str, int], ...] = (
+    (StoreUnavailable, "store unreachable", EXIT_STORE_UNAVAILABLE),
+    (BrokerUnavailable, "broker unreachable", EXIT_BROKER_UNAVAILABLE),
+    (OperatorError, "error", EXIT_BAD_REQUEST),
+    (ConfigError, "configuration error", EXIT_CONFIG),
+    (IndexgateError, "error", EXIT_FAILURE),
+)
+
+
+class Name(click.ParamType):
+    """A branch, resource type, id, action or source: not blank, at most ``most`` characters."""
+
+    def __init__(self, most: int = MAX_NAME, name: str = "name") -> None:
+        self.most = most
+        self.name = name  # click's metavar in --help: NAME, TEXT
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not text.strip():
+            self.fail("must not be empty", param, ctx)
+        if len(text) > self.most:
+            self.fail(f"is {len(text)} characters long, over the limit of {self.most}", param, ctx)
+        return text
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds in ``(0, MAX_SECONDS]``: click's ``FloatRange`` lets ``nan``
+    through, and ``inf`` or ``1e308`` would overflow a datetime further down."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not (math.isfinite(number) and 0 < number <= MAX_SECONDS):
+            self.fail(f"{value!r} is not a positive, finite number of seconds (at most {MAX_SECONDS}: ten years)",
+                      param, ctx)
+        return number
+
+
+NAME = Name()
+TEXT = Name(MAX_TEXT, "text")
+SECONDS = Seconds()
+LIMIT = click.IntRange(1, MAX_READ_LIMIT)  # what GET /v1/audit and /v1/deadletters accept
+PORT = click.IntRange(1, 65535)
 
 
 def lock_json(v: LockView) -> dict[str, Any]:
@@ -45,6 +98,13 @@ def operator_name() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
+def fail(exc: IndexgateError) -> NoReturn:
+    """One readable line for an indexgate error, and its documented exit code."""
+    prefix, code = next((prefix, code) for kind, prefix, code in _EXITS if isinstance(exc, kind))
+    click.echo(f"{prefix}: {exc}", err=True)
+    sys.exit(code)
+
+
 def guarded(fn: Callable) -> Callable:
     """Turn indexgate errors into one readable line and the documented exit code."""
 
@@ -52,21 +112,8 @@ def guarded(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except StoreUnavailable as exc:
-            click.echo(f"store unreachable: {exc}", err=True)
-            sys.exit(EXIT_STORE_UNAVAILABLE)
-        except BrokerUnavailable as exc:
-            click.echo(f"broker unreachable: {exc}", err=True)
-            sys.exit(EXIT_BROKER_UNAVAILABLE)
-        except OperatorError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_BAD_REQUEST)
-        except ConfigError as exc:
-            click.echo(f"configuration error: {exc}", err=True)
-            sys.exit(EXIT_CONFIG)
         except IndexgateError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_FAILURE)
+            fail(exc)
 
     return wrapper
 
@@ -89,6 +136,8 @@ class Tool(click.Group):
         except click.Abort:
             click.echo("aborted", err=True)
             sys.exit(EXIT_FAILURE)
+        except IndexgateError as exc:  # a command without @guarded (the root group's settings, demo)
+            fail(exc)
         except Exception as exc:  # a bug: still one line, never a traceback
             click.echo(f"unexpected error: {type(exc).__name__}: {exc}", err=True)
             sys.exit(EXIT_FAILURE)

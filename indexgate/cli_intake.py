@@ -4,7 +4,8 @@ The broker's intake transport (``events.brokers``) reports its places: on Redis 
 stream (events not yet applied), the group's pending entries per worker, how long the
 oldest has waited, which workers ran their intake lately, and the kombu door (messages
 kombu publishers left on the intake's list, and whether the exchange is bound at all); on
-RabbitMQ and the embedded broker the intake queue's depth and consumers. Everywhere the
+RabbitMQ and the embedded broker the intake queue's depth and consumers (on RabbitMQ
+whether the funnel exchange exists, too). Everywhere the
 task queue's depth, and ``alerts``: events piling up where no worker reads them, or a
 topology that drops what is published (``indexgate setup`` declares it).
 """
@@ -61,6 +62,9 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         k = report["kombu"]
         lines.append(f"kombu door: exchange {k['exchange']} -> list {k['list']}: "
                      f"{'bound' if k['bound'] else 'NOT bound'}, {k['waiting']} message(s) not yet moved")
+    if "exchange" in report:
+        e = report["exchange"]
+        lines.append(f"exchange {e['name']}: {'declared' if e['declared'] else 'NOT declared'}")
     if "queue" in report:
         q = report["queue"]
         consumers = "consumers not reported by this broker" if q["consumers"] is None else f"{q['consumers']} consumer(s)"

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from indexgate.cli_common import emit, guarded, operator_name, service
+from indexgate.cli_common import NAME, TEXT, emit, guarded, operator_name, service
 from indexgate.outcomes import Status
 from indexgate.shadow_service import SwitchResult, status_json
 from indexgate.shadows import CHECKS
@@ -34,7 +34,7 @@ def shadows_list(as_json: bool) -> None:
 
 
 @shadows.command("status")
-@click.argument("ref")
+@click.argument("ref", type=NAME)
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def shadows_status(ref: str, as_json: bool) -> None:
@@ -61,7 +61,7 @@ def _print_switch(result: SwitchResult, as_json: bool) -> None:
 
 
 @shadows.command("switch")
-@click.argument("ref")
+@click.argument("ref", type=NAME)
 @click.option("--force", is_flag=True, help="Skip validation (never the atomicity).")
 @click.option("--check", "checks", multiple=True, type=click.Choice(CHECKS), help="Validation checks (default: all).")
 @click.option("--no-backup", is_flag=True, help="Do not keep the current index as a backup.")
@@ -75,8 +75,8 @@ def shadows_switch(ref: str, force: bool, checks: tuple[str, ...], no_backup: bo
 
 
 @shadows.command("cancel")
-@click.argument("ref")
-@click.option("--reason", required=True)
+@click.argument("ref", type=NAME)
+@click.option("--reason", type=TEXT, required=True)
 @guarded
 def shadows_cancel(ref: str, reason: str) -> None:
     """Cancel a build that has not been switched in."""
@@ -85,9 +85,9 @@ def shadows_cancel(ref: str, reason: str) -> None:
 
 
 @shadows.command("rollback")
-@click.argument("branch")
-@click.argument("index_type")
-@click.option("--reason", required=True)
+@click.argument("branch", type=NAME)
+@click.argument("index_type", type=NAME)
+@click.option("--reason", type=TEXT, required=True)
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def shadows_rollback(branch: str, index_type: str, reason: str, as_json: bool) -> None:
@@ -101,8 +101,8 @@ def index() -> None:
 
 
 @index.command("current")
-@click.argument("branch")
-@click.argument("index_type")
+@click.argument("branch", type=NAME)
+@click.argument("index_type", type=NAME)
 @click.option("--json", "as_json", is_flag=True)
 @guarded
 def index_current(branch: str, index_type: str, as_json: bool) -> None:

@@ -22,11 +22,11 @@ from celery.contrib.testing.worker import start_worker
 from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.clock import poll
 from indexgate.errors import IndexgateError
-from indexgate.locations import write_index
 from indexgate.service import Service
 from indexgate.store import initialize_store
 from indexgate.settings import Settings
 from indexgate.schemas.records import AuditKind
+from indexgate.testing.indexes import write_index  # the demo builds throwaway indexes, as tests do
 
 BRANCH = "feature/user-schema"
 INTERVAL_S = 1.0

@@ -5,6 +5,8 @@
     IndexgateError
     ├── ConfigError                 a setting cannot be used (bad URL scheme, ...)
     ├── BrokerUnavailable           the broker cannot be reached (CLI exit 5)
+    ├── ServeError                  ``indexgate serve`` cannot start: it cannot listen on the
+    │                               address (in use, not local, no permission) or its startup failed
     ├── DuplicateEvent              the event's source|id was committed by a concurrent delivery
     ├── MalformedEvent              an incoming event cannot be decoded or validated;
     │                               it is dead-lettered with this message as the reason
@@ -50,6 +52,10 @@ class BrokerUnavailable(IndexgateError):
     """The broker cannot be reached or refused the connection; the message names its URL
     (without the password). Raised by the intake transports (``events.brokers``) in the
     funnel-side and operator paths; the worker's own loops reconnect instead."""
+
+
+class ServeError(IndexgateError):
+    """``indexgate serve`` could not start serving; the message says where and why (CLI exit 1)."""
 
 
 class DuplicateEvent(IndexgateError):

@@ -68,18 +68,9 @@ def inspect(location: str | None) -> LocationFacts:
         return LocationFacts(True, False, f"{path / MANIFEST} unreadable: {exc}")
     for name, digest in files.items():
         target = path / name
-        if not target.is_file() or _sha256(target) != digest:
+        if not target.is_file() or file_sha256(target) != digest:
             return LocationFacts(True, False, f"{target} is missing or does not match its checksum")
     return LocationFacts(True, True, f"{len(files)} file(s) match {MANIFEST}")
-
-
-def write_index(path: Path, records: int) -> str:
-    """Create a small valid index directory (for the demo, tests and benchmarks)."""
-    path.mkdir(parents=True, exist_ok=True)
-    data = path / "records.jsonl"
-    data.write_text("".join(json.dumps({"id": n}) + "\n" for n in range(records)))
-    (path / MANIFEST).write_text(json.dumps({"record_count": records, "files": {data.name: _sha256(data)}}))
-    return str(path)
 
 
 def link_dir(links_dir: Path, branch: str, index_type: str) -> Path:
@@ -111,7 +102,8 @@ def _replace_link(link: Path, target: Path) -> None:
     os.replace(temporary, link)  # atomic: the link always exists, old or new
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The hex digest a manifest records for a file."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_s: float = Field(
         5, description="How long SQLite waits on another process's write lock."
     )
+    mongo_timeout_s: float = Field(
+        10, gt=0, description="MongoDB: the longest one store operation may take, retries included (pymongo "
+        "timeoutMS), unless the store URL sets timeoutMS or socketTimeoutMS: a server that stalls mid-operation "
+        "is StoreUnavailable, not a hung worker or API thread. The API caps it at api_store_timeout_s.",
+    )
     task_events: bool = Field(
         False, description="Send Celery task events from the start (Flower also enables them at runtime); "
         "they cost about a third of the worker's event throughput.",

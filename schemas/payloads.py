@@ -22,7 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-NonEmpty = Field(min_length=1, max_length=512)
+MAX_NAME = 512  # longest branch, resource type, job id or other name (events, the HTTP API, the CLI)
+NonEmpty = Field(min_length=1, max_length=MAX_NAME)
 MAX_SECONDS = 10 * 365 * 86_400  # durations beyond ten years are nonsense, and overflow datetime
 
 

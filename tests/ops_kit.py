@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage
 
-from indexgate import locations
 from indexgate.events.brokers import transport_for
 from indexgate.events.decode import event_key
 from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.service import Service
 from indexgate.settings import Settings
 from indexgate.testing.broker_names import delete_run_names
+from indexgate.testing.indexes import write_index
 
 SOURCE = "ops-test-funnel"
 
@@ -84,7 +84,7 @@ def run(settings: Settings, service: Service, scenario: Scenario, tmp: Path) -> 
         wait_for(lambda: all(service.store.seen(k) for k in scenario.keys), what="the two grants")
         send(publisher, scenario, "com.oms.indexing.heartbeat",
              {"job_id": scenario.live_job, "progress_percent": 40, "estimated_remaining_s": 1800})
-        location = locations.write_index(tmp / "idx" / scenario.shadow_job, 50)
+        location = write_index(tmp / "idx" / scenario.shadow_job, 50)
         send(publisher, scenario, "com.oms.indexing.started",
              {"job_id": scenario.shadow_job, "branch": scenario.shadow_branch, "resource_types": ["object_type"],
               "indexing_mode": "shadow", "index_type": "SEARCH_INDEX"})

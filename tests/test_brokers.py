@@ -207,13 +207,35 @@ def test_redis_status_alerts_when_events_pile_up_unread_and_when_unbound(redis_s
 def test_rabbitmq_status_alerts_when_undeclared_or_unconsumed(amqp_settings: Settings) -> None:
     transport = transport_for(amqp_settings)
     try:
-        [missing] = transport.status()["alerts"]
-        assert missing["alert"] == "not_declared" and "indexgate setup" in missing["message"]
+        missing = {a["place"]: a for a in transport.status()["alerts"]}
+        assert set(missing) == {amqp_settings.intake_queue, amqp_settings.funnel_exchange}
+        assert all(a["alert"] == "not_declared" and "indexgate setup" in a["message"] for a in missing.values())
         transport.publish_raw("t", redis_stream.RabbitMQMessage({}, "text/plain", b"y"))  # declares the queue
         status = transport.status()
         assert status["queue"] == {"name": amqp_settings.intake_queue, "declared": True, "waiting": 1,
                                    "consumers": 0}
+        assert status["exchange"] == {"name": amqp_settings.funnel_exchange, "declared": True}
         assert [(a["alert"], a["waiting"]) for a in status["alerts"]] == [("no_reader", 1)]
+    finally:
+        transport.close()
+
+
+def test_rabbitmq_status_alerts_when_the_exchange_is_gone_and_the_queue_is_not(amqp_settings: Settings) -> None:
+    """The exchange deleted after setup (its binding goes with it): the queue still looks
+    fine, yet a plain AMQP publish to the exchange reaches nobody - status must say so."""
+    transport = transport_for(amqp_settings)
+    try:
+        transport.declare()
+        assert transport.status()["alerts"] == []
+        with Connection(AMQP_URL) as conn:
+            Exchange(amqp_settings.funnel_exchange, channel=conn.default_channel).delete()
+        status = transport.status()
+        assert status["queue"]["declared"] and status["exchange"]["declared"] is False
+        [gone] = status["alerts"]
+        assert (gone["alert"], gone["place"]) == ("not_declared", amqp_settings.funnel_exchange)
+        assert "indexgate setup" in gone["message"]
+        transport.declare()  # setup restores exchange and binding
+        assert transport.status()["alerts"] == []
     finally:
         transport.close()
 

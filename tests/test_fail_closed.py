@@ -27,9 +27,12 @@ import httpx
 import pytest
 
 from indexgate.errors import ConfigError, StoreNotInitialized
+from indexgate.locks import AcquireRequest
+from indexgate.outcomes import Origin
 from indexgate.service import Service
 from indexgate.settings import Settings
-from indexgate.store import open_store
+from indexgate.store import initialize_store, open_store
+from indexgate.testing import mongomock_store  # noqa: F401 (registers mongomock://, a test-only scheme)
 from indexgate.testing.api import free_port, wait_answering
 from indexgate.testing.processes import PROJECT_ROOT, stop
 
@@ -115,6 +118,52 @@ def test_library_refuses_a_missing_or_uninitialized_store(tmp_path: Path, kind: 
         with pytest.raises(StoreNotInitialized):
             verb()
     _untouched(path, existed, parent_existed)
+
+
+def _locked_service(path: Path, branch: str = "main") -> Service:
+    settings = Settings(data_dir=path.parent, store_url=f"sqlite:///{path}")
+    initialize_store(settings)
+    service = Service.from_settings(settings)
+    service.acquire(branch, AcquireRequest(job_id=f"job-{branch}", holder="h", resource_types=("object_type",),
+                                           reason="r"), Origin(actor="test"))
+    return service
+
+
+def _remove_store(path: Path) -> None:
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        (path.parent / name).unlink(missing_ok=True)
+
+
+def test_a_store_file_deleted_under_an_open_connection_is_not_initialized(tmp_path: Path) -> None:
+    """The connection still reads the deleted inode; the adapter must notice, not answer
+    "allowed" from a store that no longer exists at its URL."""
+    path = tmp_path / "store" / "x.db"
+    service = _locked_service(path)
+    assert not service.check("main", "object_type").allowed and service.check("other", "object_type").allowed
+    _remove_store(path)
+    for verb in (lambda: service.check("other", "object_type"), lambda: service.check("main", "object_type"),
+                 service.list_locks, service.store.ping):
+        with pytest.raises(StoreNotInitialized, match=str(path)):
+            verb()
+    assert not path.exists(), "a read re-created the deleted store"
+
+
+def test_a_store_file_replaced_under_an_open_connection_is_checked_anew(tmp_path: Path) -> None:
+    """Replaced by a foreign file: refused. Replaced by another indexgate store (a restore):
+    answered from that one, the file the URL names now."""
+    path = tmp_path / "store" / "x.db"
+    service = _locked_service(path)
+    assert service.check("other", "object_type").allowed
+    _remove_store(path)
+    os.replace(foreign_file(tmp_path), path)
+    with pytest.raises(StoreNotInitialized, match="not an initialized indexgate store"):
+        service.check("other", "object_type")
+    restored = tmp_path / "restore" / "x.db"
+    _locked_service(restored, branch="other").store.close()
+    _remove_store(path)
+    os.replace(restored, path)
+    decision = service.check("other", "object_type")
+    assert not decision.allowed and "job-other" in decision.message
 
 
 def test_library_refuses_an_uninitialized_mongo_database() -> None:

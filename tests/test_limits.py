@@ -10,7 +10,7 @@ import pytest
 from indexgate.events.decode import RawMessage
 from indexgate.events.intake import ingest
 from indexgate.events.publisher import encode, funnel_event
-from indexgate.locations import write_index
+from indexgate.testing.indexes import write_index
 from indexgate.locks import AcquireRequest
 from indexgate.outcomes import Origin, Status
 from indexgate.rules import Policy

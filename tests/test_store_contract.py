@@ -20,6 +20,7 @@ from indexgate.errors import DuplicateEvent, StoreUnavailable, VersionConflict
 from indexgate.store.base import Store
 from indexgate.store.mongo import MongoStore
 from indexgate.store.sqlite import SqliteStore
+from indexgate.testing.mongomock_store import MongomockStore
 from indexgate.schemas.records import (
     AuditEntry,
     AuditKind,
@@ -60,7 +61,7 @@ def _mongo_store() -> Iterator[MongoStore]:
     if MONGODB_URL:
         adapter = MongoStore.from_url(MONGODB_URL, database=f"indexgate_test_{uuid.uuid4().hex[:12]}")
     else:
-        adapter = MongoStore.from_url("mongomock://")
+        adapter = MongomockStore.from_url("mongomock://")
     adapter.initialize()
     yield adapter
     if MONGODB_URL:

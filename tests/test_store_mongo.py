@@ -1,20 +1,27 @@
-"""What only the MongoDB adapter has: recovery of the writes that follow its compare-and-swap.
+"""What only the MongoDB adapter has: recovery of the writes that follow its compare-and-swap,
+a database dropped under a running client, a server that stalls mid-operation.
 
 A commit's audit rows, references and inbox key ride in the CAS as pending lists and are
 written to their collections afterwards; these tests make those follow-up writes vanish (a
 process dying right after the CAS) and check what the repair and the duplicate guard do.
 Like the contract suite, they run against the live server named by ``MONGODB_URL`` and
-otherwise against mongomock (the parameter id and a session line say which).
+otherwise against mongomock (the parameter id and a session line say which). The timeout
+tests use real pymongo over TCP against ``tests/stalled_mongo.py``, a server that answers
+the handshake and then never answers the operation.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
 
-from indexgate.errors import DuplicateEvent, StoreUnavailable
+from indexgate.api.calls import api_settings
+from indexgate.errors import DuplicateEvent, StoreNotInitialized, StoreUnavailable
+from indexgate.settings import Settings
 from indexgate.store.mongo import MongoStore
+from tests.stalled_mongo import StalledMongo
 from tests.test_store_contract import (  # noqa: F401 (_say_which_mongo: the session line, autouse)
     MONGO_MODE,
     _mongo_store,
@@ -148,3 +155,78 @@ def test_mongo_save_index_reports_success_once_the_cas_committed(mongo: MongoSto
     monkeypatch.undo()
     assert [e.reason for e in mongo.unpublished()] == ["step 1"] and mongo.seen("src|late")
     assert mongo.index_of("build-job-1") == "main|search"
+
+
+# --- the database dropped under a running client --------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["load", "load_index", "branches_with_locks", "indexes", "index_of",
+                                  "branch_of_job", "ping"])
+def test_mongo_reads_after_the_database_was_dropped_are_not_initialized(mongo: MongoStore, verb: str) -> None:
+    """The meta document was checked by this client; the database is dropped afterwards (an
+    operator's mistake, a restore elsewhere). A read that finds nothing looks at the meta
+    document again: "unknown", never "nothing is locked"."""
+    saved(mongo, a_state(), an_entry(minute=1))
+    saved_index(mongo, an_index(), an_entry(minute=2))
+    assert mongo.load("main") is not None  # the client has checked the meta document
+    mongo._db().client.drop_database(mongo.database)
+    read = {"load": lambda: mongo.load("main"), "load_index": lambda: mongo.load_index("main|search"),
+            "branches_with_locks": mongo.branches_with_locks, "indexes": mongo.indexes,
+            "index_of": lambda: mongo.index_of("shadow-1"), "branch_of_job": lambda: mongo.branch_of_job("job-1"),
+            "ping": mongo.ping}[verb]
+    with pytest.raises(StoreNotInitialized, match=mongo.database):
+        read()
+    assert mongo.database not in mongo._raw_db().client.list_database_names()  # and the read created nothing
+    mongo.initialize()  # set up again (empty): misses are plain misses once more
+    assert not read()
+
+
+# --- a server that stalls mid-operation (real pymongo, real TCP) ----------------------
+
+
+def _bounded(call, bound_s: float = 60):
+    """Run ``call`` in a thread; what it raised, or a failure if it is still blocked after
+    ``bound_s`` (a bound on waiting, so a hang fails the test instead of hanging it)."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(bound_s)
+    assert outcome, f"the store call still blocks after {bound_s} s: no operation timeout"
+    return outcome[0]
+
+
+def test_a_stalled_server_is_store_unavailable_not_a_hang() -> None:
+    """The default operation timeout (``INDEXGATE_MONGO_TIMEOUT_S``) applies to every verb."""
+    with StalledMongo() as server:
+        store = MongoStore.for_settings(f"mongodb://127.0.0.1:{server.port}/stalled",
+                                        Settings(mongo_timeout_s=0.5))
+        try:
+            for verb in (lambda: store.load("main"), store.ping, lambda: store.audit(10)):
+                raised = _bounded(verb)
+                assert isinstance(raised, StoreUnavailable) and "timed out" in str(raised), raised
+        finally:
+            store.close()
+        assert server.stalled, "the server was never asked: the test proves nothing"
+
+
+def test_the_url_keeps_its_own_timeouts_and_the_api_caps_the_default() -> None:
+    def timeout_of(url: str, **settings: float) -> float | None:
+        store = MongoStore.for_settings(url, Settings(**settings))
+        try:
+            return store._raw_db().client.options.timeout  # connect=False: no I/O
+        finally:
+            store.close()
+
+    assert timeout_of("mongodb://127.0.0.1:1/x") == 10  # the default
+    assert timeout_of("mongodb://127.0.0.1:1/x", mongo_timeout_s=2.5) == 2.5
+    assert timeout_of("mongodb://127.0.0.1:1/x?timeoutMS=300") == 0.3
+    assert timeout_of("mongodb://127.0.0.1:1/x?socketTimeoutMS=700") is None  # its own, legacy, kind
+    assert api_settings(Settings(api_store_timeout_s=1.5)).mongo_timeout_s == 1.5

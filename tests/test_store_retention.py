@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from indexgate.store.base import Store
-from indexgate.store.mongo import MongoStore
 from indexgate.store.sqlite import SqliteStore
+from indexgate.testing.mongomock_store import MongomockStore
 from tests.test_store_contract import (  # noqa: F401 (fixtures)
     MONGO_MODE,
     T0,
@@ -196,7 +196,7 @@ def test_sqlite_initialize_brings_a_store_from_before_up_to_date(tmp_path: Path)
 
 
 def test_mongo_declares_ttl_indexes_for_what_retention_prunes() -> None:
-    mongo = MongoStore.from_url("mongomock://", ttl_s={"inbox": 86_400, "audit": 3600, "dead_letters": 7200})
+    mongo = MongomockStore.from_url("mongomock://", ttl_s={"inbox": 86_400, "audit": 3600, "dead_letters": 7200})
     mongo.initialize()
     db = mongo._db()
     audit = db.audit.index_information()["retention_ttl"]
@@ -211,7 +211,7 @@ def test_mongo_declares_ttl_indexes_for_what_retention_prunes() -> None:
 
 
 def test_mongo_initialize_brings_documents_from_before_up_to_date() -> None:
-    mongo = MongoStore.from_url("mongomock://")
+    mongo = MongomockStore.from_url("mongomock://")
     mongo.initialize()
     db = mongo._db()
     doc = a_state("locked").model_dump(mode="json", exclude={"due_at"})

@@ -1,7 +1,7 @@
 """Shadow builds and the switch through the Service over a real SQLite store.
 
 Events go through ``events.catalog.apply``; index locations are real directories made by
-``locations.write_index``; time is a fixed, injected clock (no sleeps).
+``indexgate.testing.indexes.write_index``; time is a fixed, injected clock (no sleeps).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from indexgate.locks import Policy
 from indexgate.service import Outcome, Service
 from indexgate.shadow_service import SwitchPolicy
 from indexgate.store.sqlite import SqliteStore
+from indexgate.testing.indexes import write_index
 from indexgate.schemas.records import AuditEntry, AuditKind
 from indexgate.verifiers import Verifiers
 from tests.conftest import FIXTURES
@@ -63,7 +64,7 @@ def complete(service: Service, job: str, location: str, records: int, size: int)
 def built(service: Service, tmp_path: Path, job: str, records: int = 100, size: int | None = None) -> str:
     """A BUILT shadow of ``records`` records in a real index directory; returns its shadow id."""
     assert start(service, job).status == "applied"
-    location = locations.write_index(tmp_path / "idx" / job, records)
+    location = write_index(tmp_path / "idx" / job, records)
     assert complete(service, job, location, records, records * 10 if size is None else size).status == "applied"
     return f"shadow-{job}"
 
@@ -226,7 +227,7 @@ def test_rollback_command_restores_previous_index_with_higher_token(service: Ser
 def test_writes_denied_only_inside_the_switch(service: Service, tmp_path: Path) -> None:
     assert start(service, "job-1").status == "applied"
     assert all(service.check(BRANCH, rt, "write").allowed for rt in TYPES)  # BUILDING: no lock
-    location = locations.write_index(tmp_path / "idx" / "job-1", 50)
+    location = write_index(tmp_path / "idx" / "job-1", 50)
     complete(service, "job-1", location, 50, 500)
     assert all(service.check(BRANCH, rt, "write").allowed for rt in TYPES)  # BUILT: no lock
     seen: dict[str, dict[str, bool]] = {}

@@ -19,7 +19,7 @@ import pytest
 
 from indexgate.events.publisher import Publisher, funnel_event
 from indexgate.clock import poll
-from indexgate.locations import write_index
+from indexgate.testing.indexes import write_index
 from indexgate.service import Service
 from indexgate.schemas.records import AuditKind
 from indexgate.schemas.shadows import ShadowState, index_key

@@ -27,6 +27,7 @@ from indexgate.service import Service
 from indexgate.settings import Settings
 from indexgate.shadow_service import SwitchPolicy
 from indexgate.store.sqlite import SqliteStore
+from indexgate.testing.indexes import write_index
 from indexgate.verifiers import ENTRY_POINT_GROUP, Verifiers
 from tests import verifier_plugin
 from tests.service_kit import T0, Outbox
@@ -176,7 +177,7 @@ def test_a_directory_without_manifest_switches_verified(service: Service, outbox
 
 def test_integrity_check_without_manifest_fails_validation_and_the_pointer_stays(service: Service, outbox: Outbox,
                                                                                  tmp_path: Path) -> None:
-    old = built_at(service, "job-old", locations.write_index(tmp_path / "old", 10))
+    old = built_at(service, "job-old", write_index(tmp_path / "old", 10))
     assert service.shadows.switch(old).status == "switched"  # all three checks pass on a manifest directory
     folder = tmp_path / "new"
     folder.mkdir()
@@ -201,12 +202,12 @@ def test_validation_reads_no_manifest_unless_integrity_check_is_asked(service: S
         raise AssertionError("INTEGRITY_CHECK was not asked, yet the location was inspected")
 
     service.shadows.inspect = inspect
-    ref = built_at(service, "job-1", locations.write_index(tmp_path / "idx", 10))
+    ref = built_at(service, "job-1", write_index(tmp_path / "idx", 10))
     assert service.shadows.switch(ref, checks=["RECORD_COUNT_VALIDATION", "SIZE_COMPARISON"]).status == "switched"
 
 
 def test_a_missing_directory_is_rolled_back_after_the_swap(service: Service, tmp_path: Path) -> None:
-    old = built_at(service, "job-old", locations.write_index(tmp_path / "old", 10))
+    old = built_at(service, "job-old", write_index(tmp_path / "old", 10))
     service.shadows.switch(old)
     new = built_at(service, "job-new", str(tmp_path / "never-written"))
     result = service.shadows.switch(new, checks=COUNT_ONLY)

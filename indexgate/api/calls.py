@@ -4,8 +4,9 @@ The store adapters are blocking (sqlite3, pymongo), so every call the API makes 
 small thread pool and is awaited for at most ``INDEXGATE_API_STORE_TIMEOUT_S``. Past it the
 request gets ``StoreTimeout`` (503) while the thread finishes on its own; a call still
 queued behind hung ones is cancelled, so a hung store costs a bounded number of threads and
-every request an answer within the deadline. The API's SQLite busy timeout is capped at the
-same deadline (``api_settings``), so a locked file frees its thread by then too.
+every request an answer within the deadline. The API's SQLite busy timeout and MongoDB
+operation timeout are capped at the same deadline (``api_settings``), so a locked file or a
+stalled server frees its thread by then too.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ STORE_THREADS = 4
 
 def api_settings(settings: Settings) -> Settings:
     """The API's view of the settings: no store wait may outlast the API's deadline."""
-    busy_s = min(settings.sqlite_busy_timeout_s, settings.api_store_timeout_s)
-    return settings.model_copy(update={"sqlite_busy_timeout_s": busy_s})
+    deadline_s = settings.api_store_timeout_s
+    return settings.model_copy(update={"sqlite_busy_timeout_s": min(settings.sqlite_busy_timeout_s, deadline_s),
+                                       "mongo_timeout_s": min(settings.mongo_timeout_s, deadline_s)})
 
 
 class StoreCalls:

@@ -13,11 +13,11 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
+from indexgate.schemas.payloads import MAX_NAME  # noqa: F401 (longest name a parameter may carry)
 from indexgate.schemas.shadows import IndexPointer, ShadowState
+from indexgate.store.base import MAX_READ_LIMIT as MAX_LIMIT  # noqa: F401 (the CLI's bound too)
 
-MAX_NAME = 512  # longest branch, resource type, index type or id a parameter may carry
 MAX_ACTION = 64
-MAX_LIMIT = 1000
 
 
 class ErrorCode(StrEnum):

@@ -33,6 +33,7 @@ def job_refs(state: BranchState, audit: Sequence[AuditEntry]) -> list[str]:
 
 
 SCHEMA_VERSION = 1  # what ``initialize`` records; a store without it was never set up
+MAX_READ_LIMIT = 1000  # the most audit entries or dead letters one read asks for (HTTP API and CLI)
 
 
 def due_us(at: datetime | None) -> int | None:

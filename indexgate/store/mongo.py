@@ -38,43 +38,32 @@ dates are millisecond, naive values and the SQLite adapter round-trips microseco
 aggregates' ``due_at`` beside the document is a BSON date, rounded *up* to the millisecond
 (listed due never before it is); due listings, retention and migrations live in
 ``mongo_upkeep``.
-The client is created lazily and re-created after ``fork``; ``mongomock://`` uses an
-in-memory mongomock client for tests. Every driver error leaves as ``StoreUnavailable``.
+The client, its timeouts, the meta check (again on every read that finds nothing) and the
+mapping of driver errors to ``StoreUnavailable`` are ``mongo_connection``'s. (Tests run
+this adapter over mongomock through ``indexgate.testing.mongomock_store``.)
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, WriteConcern
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
-from pymongo.read_concern import ReadConcern
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from indexgate.errors import (
-    ConfigError,
-    DuplicateEvent,
-    StoreNotInitialized,
-    StoreUnavailable,
-    VersionConflict,
-)
+from indexgate.errors import DuplicateEvent, StoreUnavailable, VersionConflict
 from indexgate.store.base import SCHEMA_VERSION
+from indexgate.store.mongo_connection import MongoConnection
 from indexgate.store.mongo_upkeep import MongoUpkeep, bson_due, now
 from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter, EarlyEnd
 from indexgate.schemas.shadows import IndexState
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATABASE = "indexgate"
-SERVER_SELECTION_TIMEOUT_MS = 2000  # an unreachable server becomes StoreUnavailable quickly
 _DUPLICATE_KEY = 11000
 RECENT_INBOX = 200  # event keys each aggregate document remembers for the duplicate guard in its CAS
 
@@ -89,47 +78,7 @@ _PENDING = {"$or": [{"pending_audit.0": {"$exists": True}}, {"pending_inbox.0": 
 _AGGREGATES = {"branches": ("branch", "jobs", "branch"), "indexes": ("index", "index_refs", "key")}
 
 
-class MongoStore(MongoUpkeep):
-    def __init__(self, url: str, database: str = DEFAULT_DATABASE, ttl_s: Mapping[str, float] | None = None) -> None:
-        """Remember where to connect; no I/O happens until the first verb. ``ttl_s`` (per
-        collection of ``mongo_upkeep.TTL_FILTERS``) makes ``initialize`` create TTL indexes."""
-        self.url = url
-        self.database = database
-        self.ttl_s = dict(ttl_s or {})
-        self._mock = urlparse(url).scheme == "mongomock"
-        self._client: Any = None  # pymongo.MongoClient or mongomock.MongoClient
-        self._pid = 0
-        self._checked = False  # the meta document was seen by this client
-        self._mutex = threading.RLock()
-
-    @classmethod
-    def from_url(cls, url: str, database: str | None = None, ttl_s: Mapping[str, float] | None = None) -> "MongoStore":
-        """``mongodb://[user:pw@]host[,host]/db?opts``, ``mongodb+srv://...`` or ``mongomock://``;
-        the database is the URL path (default ``indexgate``) unless ``database`` is given."""
-        name = urlparse(url).path.lstrip("/").split("/")[0]
-        return cls(url, database or name or DEFAULT_DATABASE, ttl_s)
-
-    @property
-    def host(self) -> str:
-        """The URL's host list without credentials, for error messages."""
-        return urlparse(self.url).netloc.rpartition("@")[2] or "localhost"
-
-    # --- connection ---------------------------------------------------------------
-
-    def _new_client(self) -> Any:
-        if self._mock:
-            try:
-                import mongomock  # test-only dependency
-            except ImportError as exc:
-                raise ConfigError("store URL mongomock:// needs the test-only mongomock package "
-                                  "(pip install 'indexgate[dev]'); use mongodb://host/db otherwise") from exc
-            return mongomock.MongoClient(tz_aware=True)
-        options = {key.lower() for key in parse_qs(urlparse(self.url).query)}
-        kwargs: dict[str, Any] = {"connect": False, "tz_aware": True}
-        if "serverselectiontimeoutms" not in options:  # keyword arguments would override the URL
-            kwargs["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS
-        return MongoClient(self.url, **kwargs)
-
+class MongoStore(MongoUpkeep, MongoConnection):
     def initialize(self) -> None:
         """Create the indexes and the ``meta`` document that marks the database as indexgate's."""
         with self._call("initialization"):
@@ -138,23 +87,6 @@ class MongoStore(MongoUpkeep):
             self._create_indexes(db)
             db.meta.replace_one({"_id": "schema"}, {"_id": "schema", "version": SCHEMA_VERSION}, upsert=True)
             self._checked = True
-
-    def _raw_db(self) -> Database[Any]:
-        with self._mutex:
-            if self._client is None or (not self._mock and self._pid != os.getpid()):
-                # a client must never cross a fork: the child builds its own, never closes the parent's
-                self._client, self._pid, self._checked = self._new_client(), os.getpid(), False
-            return self._client[self.database]
-
-    def _db(self) -> Database[Any]:
-        db = self._raw_db()
-        if not self._checked:
-            if db.meta.find_one({"_id": "schema"}) is None:
-                raise StoreNotInitialized(
-                    f"database {self.database!r} at {self.host} is not an initialized indexgate store (no meta "
-                    "document; nothing was created); check INDEXGATE_STORE_URL, or run `indexgate setup`")
-            self._checked = True
-        return db
 
     def _create_indexes(self, db: Database[Any]) -> None:
         self._create_upkeep_indexes(db)
@@ -167,44 +99,11 @@ class MongoStore(MongoUpkeep):
         db.dead_letters.create_index([("seq", DESCENDING)])
         db.early_ends.create_index([("at", DESCENDING)])
 
-    def _col(self, name: str) -> Collection[Any]:
-        """Majority writes everywhere, majority reads of aggregates: nothing a failover can undo."""
-        read = ReadConcern("majority") if name in _AGGREGATES else None
-        return self._db().get_collection(name, write_concern=WriteConcern("majority"), read_concern=read)
-
-    @contextmanager
-    def _call(self, what: str) -> Iterator[None]:
-        """Turn driver errors into ``StoreUnavailable`` right where they happen."""
-        try:
-            yield
-        except PyMongoError as exc:
-            reason = str(exc)
-            password = urlparse(self.url).password
-            if password:  # never let a driver message leak the URL's secret
-                reason = reason.replace(password, "***")
-            raise StoreUnavailable(
-                f"MongoDB store at {self.host} (database {self.database!r}) unavailable during {what}: "
-                f"{reason}; check that the server is up and reachable and the URL is right"
-            ) from exc
-
-    def close(self) -> None:
-        with self._mutex:
-            if self._client is not None and not self._mock:  # a mongomock client *is* the data
-                if self._pid == os.getpid():
-                    self._client.close()
-                self._client = None
-
-    def ping(self) -> None:
-        with self._call("ping"):
-            if not self._mock:
-                self._raw_db().client.admin.command("ping")
-            self._col("branches").find_one({}, {"_id": 1})  # and it is initialized
-
     # --- aggregates ---------------------------------------------------------------
 
     def load(self, branch: str) -> BranchState | None:
         with self._call(f"load of branch {branch}"):
-            raw = self._col("branches").find_one({"_id": branch}, {"doc": 1})
+            raw = self._found(self._col("branches").find_one({"_id": branch}, {"doc": 1}))
         return BranchState.model_validate(raw["doc"]) if raw else None
 
     def save(self, state: BranchState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
@@ -215,7 +114,7 @@ class MongoStore(MongoUpkeep):
 
     def load_index(self, key: str) -> IndexState | None:
         with self._call(f"load of index {key}"):
-            raw = self._col("indexes").find_one({"_id": key}, {"doc": 1})
+            raw = self._found(self._col("indexes").find_one({"_id": key}, {"doc": 1}))
         return IndexState.model_validate(raw["doc"]) if raw else None
 
     def save_index(self, state: IndexState, audit: Sequence[AuditEntry], inbox_key: str | None = None) -> int:
@@ -225,12 +124,12 @@ class MongoStore(MongoUpkeep):
 
     def index_of(self, ref: str) -> str | None:
         with self._call(f"lookup of index reference {ref}"):
-            raw = self._col("index_refs").find_one({"_id": ref})
+            raw = self._found(self._col("index_refs").find_one({"_id": ref}))
         return raw["key"] if raw else None
 
     def indexes(self) -> list[IndexState]:
         with self._call("listing of indexes"):
-            docs = list(self._col("indexes").find({}, {"doc": 1}).sort("_id", ASCENDING))
+            docs = self._found(list(self._col("indexes").find({}, {"doc": 1}).sort("_id", ASCENDING)))
         return [IndexState.model_validate(raw["doc"]) for raw in docs]
 
     def _save(self, name: str, key: str, version: int, doc: dict[str, Any], extra: dict[str, Any],
@@ -353,7 +252,7 @@ class MongoStore(MongoUpkeep):
 
     def branch_of_job(self, job_id: str) -> str | None:
         with self._call(f"lookup of job {job_id}"):
-            raw = self._col("jobs").find_one({"_id": job_id})
+            raw = self._found(self._col("jobs").find_one({"_id": job_id}))
         return raw["branch"] if raw else None
 
     def remember_end(self, end: EarlyEnd, audit: Sequence[AuditEntry], inbox_key: str | None, keep: int,
@@ -379,7 +278,7 @@ class MongoStore(MongoUpkeep):
 
     def branches_with_locks(self) -> list[BranchState]:
         with self._call("listing of locked branches"):
-            docs = list(self._col("branches").find({"has_locks": True}, {"doc": 1}).sort("_id", ASCENDING))
+            docs = self._found(list(self._col("branches").find({"has_locks": True}, {"doc": 1}).sort("_id", ASCENDING)))
         return [BranchState.model_validate(raw["doc"]) for raw in docs]
 
     # --- audit / outbox -----------------------------------------------------------

@@ -9,7 +9,10 @@ file stays locked past it, or cannot be opened, callers get ``StoreUnavailable``
 The connection is opened lazily and re-opened after ``fork`` (a connection must never
 cross a fork), so creating the object does no I/O. Only ``initialize`` creates the file;
 every other verb opens it read-write-if-it-exists and refuses (``StoreNotInitialized``) a
-missing file or one without indexgate's ``meta`` row.
+missing file or one without indexgate's ``meta`` row. An open connection keeps reading a
+file that was deleted or replaced since (it holds the old inode), so every transaction
+first compares the path's device and inode with the ones opened (one ``stat``): a deleted
+file is ``StoreNotInitialized``, a replaced one is opened and checked anew.
 """
 
 from __future__ import annotations
@@ -63,10 +66,12 @@ CREATE INDEX IF NOT EXISTS index_refs_key ON index_refs(key);
 class SqliteStore(SqliteUpkeep):
     def __init__(self, path: Path, busy_timeout_s: float = 5.0, synchronous: str = "FULL") -> None:
         self.path = Path(path)
+        self._file = os.fspath(self.path)
         self.busy_timeout_s = busy_timeout_s
         self.synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        self._opened: tuple[int, int] | None = None  # (st_dev, st_ino) of the file the connection reads
         self._mutex = threading.RLock()
 
     # --- connection ---------------------------------------------------------------
@@ -114,12 +119,23 @@ class SqliteStore(SqliteUpkeep):
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
         return conn
 
+    def _identity(self) -> tuple[int, int] | None:
+        """The file's (device, inode), or None when it does not exist: one ``stat`` (a few µs)."""
+        try:
+            stat = os.stat(self._file)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
     def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid() and self._identity() != self._opened:
+            self._drop()  # deleted or replaced under the open connection: never read the old inode
         if self._conn is None or self._pid != os.getpid():
-            if not self.path.exists():
+            identity = self._identity()  # before opening: a replacement in between is caught next time
+            if identity is None:
                 raise StoreNotInitialized(
-                    f"no indexgate store at {self.url}: the file does not exist (nothing was created); "
-                    "check INDEXGATE_STORE_URL, or run `indexgate setup` to create it")
+                    f"no indexgate store at {self.url}: the file does not exist (nothing was created; it may "
+                    "have been deleted or moved); check INDEXGATE_STORE_URL, or run `indexgate setup` to create it")
             conn = self._open("rw")
             try:
                 initialized = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -130,7 +146,7 @@ class SqliteStore(SqliteUpkeep):
                 raise StoreNotInitialized(
                     f"{self.url} exists but is not an initialized indexgate store; check INDEXGATE_STORE_URL, "
                     "or run `indexgate setup` to initialize it")
-            self._conn, self._pid = conn, os.getpid()
+            self._conn, self._pid, self._opened = conn, os.getpid(), identity
         return self._conn
 
     @contextmanager

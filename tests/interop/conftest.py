@@ -7,6 +7,10 @@ in ``recipes.py``, which import no indexgate code; the verdict on each event com
 running the ``indexgate`` CLI as a subprocess (``check``, ``locks list --json``,
 ``deadletters list --json``, ``intake status --json``). indexgate's own code is used only
 to delete the run's names afterwards.
+
+The stack's processes run in a time zone that is not UTC (``STACK_TZ``, UTC+05:30), so a
+naive time read as local instead of UTC is off by hours, not by nothing as it would be on a
+machine set to UTC.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tests.conftest import AMQP_URL, REDIS_URL, require_reachable
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = "interop-funnel"
+STACK_TZ = "IST-5:30"  # POSIX TZ: local time is UTC+05:30 (no tzdata needed)
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Stack:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("INDEXGATE_", "CELERY_"))}
         return env | {
+            "TZ": STACK_TZ,
             "INDEXGATE_BROKER_URL": self.url, "INDEXGATE_DATA_DIR": str(self.data_dir),
             "INDEXGATE_FUNNEL_EXCHANGE": self.exchange, "INDEXGATE_INTAKE_QUEUE": self.queue,
             "INDEXGATE_TASK_QUEUE": f"interop.tasks.{self.suffix}", "INDEXGATE_OUT_EXCHANGE": f"interop.out.{self.suffix}",

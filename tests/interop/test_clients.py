@@ -56,27 +56,58 @@ def test_clients_lock(request: pytest.FixtureRequest, broker: str, client, mode:
     assert_locked(stack, branch, job)
 
 
-def test_kombu_on_redis_with_typed_headers_locks(redis_stack: Stack) -> None:
-    """kombu's envelope carries a ``datetime`` (kombu's tagged JSON), ints and bools."""
-    job, branch = new_job("redis-kombu-typed")
-    event = started(job, branch, time=datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0),
-                    attempt=3, retried=True)
-    body, content_type, headers = recipes.binary(event)
-    recipes.kombu_publish(redis_stack.url, event["type"], body, content_type, headers, exchange=redis_stack.exchange)
-    assert_locked(redis_stack, branch, job)
+SKEW_S = 150  # the funnel's clock in the typed-header tests: this far behind ours
+
+
+def typed_event(job: str, branch: str, **attributes) -> tuple[dict, datetime]:
+    """A ``started`` whose ``time`` is a naive datetime (an AMQP timestamp once sent: UTC by
+    the spec, whole seconds) ``SKEW_S`` behind now, with int, bool and bytes extensions."""
+    sent_at = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0) - timedelta(seconds=SKEW_S)
+    return started(job, branch, time=sent_at, attempt=3, retried=True, tenant=b"acme", **attributes), sent_at
 
 
 @pytest.mark.parametrize("client", [kombu, pika], ids=["kombu", "pika"])
 def test_amqp_timestamp_time_and_typed_extension_headers_lock(rabbit_stack: Stack, client) -> None:
-    """``ce-time`` as an AMQP timestamp (a naive datetime: UTC, whole seconds), integer and
-    boolean extension attributes, a bytes header: what AMQP clients such as pika send natively."""
+    """``ce-time`` as an AMQP timestamp, integer and boolean extension attributes, a bytes
+    header: what AMQP clients such as pika send natively. The time is read as UTC: the lock
+    records the funnel's clock as about ``SKEW_S`` behind (minus the transit), where a local
+    reading in the worker's UTC+05:30 would be hours off (beyond the bound) and a time
+    ignored would be about 0."""
     job, branch = new_job(f"rmq-typed-{client.__name__}")
-    sent_at = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0) - timedelta(seconds=5)
-    event = started(job, branch, time=sent_at, attempt=3, retried=True, tenant=b"acme")
+    event, _sent_at = typed_event(job, branch)
     client(rabbit_stack, event, recipes.binary(event))
     assert_locked(rabbit_stack, branch, job)
     audit = rabbit_stack.cli_json("audit", "--branch", branch)
     assert [entry["kind"] for entry in audit] == ["acquired"], audit
+    lock = rabbit_stack.cli_json("locks", "show", rabbit_stack.wait_lock(branch, job)["lock_id"])
+    assert -SKEW_S - 30 < lock["clock_skew_s"] <= -SKEW_S and not lock["clock_skew_beyond_bound"], lock
+
+
+@pytest.mark.parametrize("client", [kombu, pika], ids=["kombu", "pika"])
+def test_amqp_typed_headers_are_kept_in_their_cloudevents_forms(rabbit_stack: Stack, client) -> None:
+    """The same typed headers on an event that is refused (an unknown type), so the dead
+    letter shows each header as decoded: the timestamp as its RFC 3339 UTC instant, the int
+    and bool in their CloudEvents string forms, the bytes as text."""
+    job, branch = new_job(f"rmq-kept-{client.__name__}")
+    event, sent_at = typed_event(job, branch, type="com.oms.indexing.exploded")
+    client(rabbit_stack, event, recipes.binary(event))
+    letter = rabbit_stack.wait_dead_letter(f"{job}-start")
+    assert "unknown event type 'com.oms.indexing.exploded'" in letter["reason"], letter
+    kept = letter["headers"]
+    assert kept["ce-time"] == sent_at.isoformat() + "Z", kept
+    assert (kept["ce-attempt"], kept["ce-retried"], kept["ce-tenant"]) == ("3", "true", "acme"), kept
+
+
+def test_kombu_on_redis_with_typed_headers_locks(redis_stack: Stack) -> None:
+    """kombu's envelope carries a ``datetime`` (kombu's tagged JSON), ints and bools; the
+    naive time is read as UTC (the recorded skew), as on RabbitMQ."""
+    job, branch = new_job("redis-kombu-typed")
+    event, _sent_at = typed_event(job, branch)
+    body, content_type, headers = recipes.binary(event)
+    recipes.kombu_publish(redis_stack.url, event["type"], body, content_type, headers, exchange=redis_stack.exchange)
+    assert_locked(redis_stack, branch, job)
+    lock = redis_stack.cli_json("locks", "show", redis_stack.wait_lock(branch, job)["lock_id"])
+    assert -SKEW_S - 30 < lock["clock_skew_s"] <= -SKEW_S and not lock["clock_skew_beyond_bound"], lock
 
 
 # --- bad input from foreign clients: a dead letter with the real reason --------------------

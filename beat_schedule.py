@@ -1,7 +1,8 @@
 """Celery beat's periodic jobs (sweeps, outbox relay, retention), and nothing else.
 
-Every sweep is idempotent (a second beat, or a sweep racing an event, changes nothing
-twice), but run exactly one beat with the default scheduler: two beats double the work.
+Every sweep is idempotent (a sweep racing an event changes nothing twice). Any number of
+beats may run: only the holder of the beat lease sends these jobs, each with its fencing
+token (``indexgate.workers.beat``).
 Intervals come from ``Settings`` (``INDEXGATE_*_INTERVAL_S``). The sweeps read only what is
 due (``Store.branches_due``); retention prunes inbox keys, audit entries and dead letters.
 """

@@ -28,6 +28,7 @@ from indexgate.cli_common import (
     operator_name,
     service,
 )
+from indexgate.cli_beat import beat
 from indexgate.cli_intake import intake
 from indexgate.cli_shadows import index, shadows
 from indexgate.permissions import whole_branch
@@ -326,6 +327,7 @@ def audit(branch: str | None, limit: int, as_json: bool) -> None:
 main.add_command(shadows)
 main.add_command(index)
 main.add_command(intake)
+main.add_command(beat)
 
 
 if __name__ == "__main__":  # pragma: no cover

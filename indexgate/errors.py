@@ -13,6 +13,8 @@
     ├── DeadLettered                an intake task dead-lettered some of its events (committed,
     │                               acked, never retried): its Celery state is FAILURE, so
     │                               Flower shows it as such, never as a plain SUCCESS
+    ├── Fenced                      a sweep sent under a beat lease token that is no longer
+    │                               current: it changed nothing (``indexgate.leases``)
     ├── TransientError              retry later: the task layer retries these with backoff
     │   ├── StoreError
     │   │   ├── StoreUnavailable    the store cannot be reached or is locked
@@ -71,6 +73,11 @@ class DeadLettered(IndexgateError):
     committed (and, on Redis, its stream entries acked): nothing is retried or lost; the
     task ends in FAILURE so a dead letter never looks like a success. The message names
     the letters and what the rest of the batch did (``indexgate deadletters list``)."""
+
+
+class Fenced(IndexgateError):
+    """Work sent under a lease that has changed hands since; it stopped before changing anything
+    (never retried: the lease's current holder sends its own)."""
 
 
 class TransientError(IndexgateError):

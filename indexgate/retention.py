@@ -26,6 +26,7 @@ from datetime import timedelta
 from pydantic import BaseModel
 
 from indexgate.clock import Clock
+from indexgate.leases import UNFENCED, Fence
 from indexgate.settings import Settings
 from indexgate.store import Store
 
@@ -60,8 +61,10 @@ class Retention:
         self.policy = policy
         self.clock = clock
 
-    def run(self) -> Pruned:
-        """Prune what is past its retention, then give the space back; idempotent."""
+    def run(self, fence: Fence = UNFENCED) -> Pruned:
+        """Prune what is past its retention, then give the space back; idempotent. A run sent
+        under a beat lease that changed hands stops first (``Fenced``)."""
+        fence.check()
         now = self.clock()
         last = self.store.marker(RAN_AT)
         gap = last is None or now - last > timedelta(seconds=2 * self.policy.interval_s)

@@ -17,6 +17,7 @@ from indexgate import due, early_ends, locks, permissions
 from indexgate.clock import Clock, utcnow
 from indexgate.commits import Commits, Notify
 from indexgate.errors import LimitExceeded, LockNotFound
+from indexgate.leases import UNFENCED, Fence, Leases
 from indexgate.locks import AcquireRequest, HeartbeatUpdate, LockView
 from indexgate.outcomes import Origin, Outcome, Status
 from indexgate.permissions import Decision
@@ -59,6 +60,7 @@ class Service:
         self.shadows = Shadows(self.commits, policy, self, switch or SwitchPolicy(), on_step=on_switch_step,
                                on_switch=on_switch)
         self.retention = Retention(store, retention or RetentionPolicy(), clock)
+        self.leases = Leases(store, clock)
         self.max_resource_types_per_event = max_resource_types_per_event
 
     @classmethod
@@ -207,21 +209,25 @@ class Service:
 
     # --- sweeps ---------------------------------------------------------------------
 
-    def sweep(self, reasons: Sequence[ReleaseReason]) -> list[AuditEntry]:
+    def sweep(self, reasons: Sequence[ReleaseReason], fence: Fence = UNFENCED) -> list[AuditEntry]:
         """Release dead auto-release locks for ``reasons``; idempotent, safe to run twice."""
-        return self._over_due_branches(lambda s, now: locks.sweep(s, now, self.policy, reasons))
+        return self._over_due_branches(lambda s, now: locks.sweep(s, now, self.policy, reasons), fence)
 
-    def refresh_health(self) -> list[AuditEntry]:
-        return self._over_due_branches(lambda s, now: locks.refresh_health(s, now, self.policy))
+    def refresh_health(self, fence: Fence = UNFENCED) -> list[AuditEntry]:
+        return self._over_due_branches(lambda s, now: locks.refresh_health(s, now, self.policy), fence)
 
     # --- core -----------------------------------------------------------------------
 
-    def _over_due_branches(self, rule: Callable[[BranchState, datetime], Transition]) -> list[AuditEntry]:
+    def _over_due_branches(self, rule: Callable[[BranchState, datetime], Transition], fence: Fence
+                           ) -> list[AuditEntry]:
         """Apply a sweep's rule to the branches that are due (``BranchState.due_at``), not to
-        every locked one: with nothing due a sweep is one index read. A branch due for
-        another sweep's reason is left as it is (it stays due until that sweep)."""
+        every locked one: with nothing due a sweep is one index read (and a fence check). A branch due for
+        another sweep's reason is left as it is (it stays due until that sweep). The fence is
+        checked before each branch: a sweep whose beat lost its lease stops (``Fenced``)."""
         entries: list[AuditEntry] = []
+        fence.check()
         for branch in self.store.branches_due(self.clock()):
+            fence.check()
             entries += self._mutate(branch, rule, Origin(actor=locks.SWEEPER), sweeping=True).audit
         return entries
 
@@ -245,8 +251,9 @@ class Service:
                                      self.store.save, rule, origin, branch,
                                      due=lambda s, now: due.branch_due(s, now, self.policy), sweeping=sweeping)
 
-    def relay_outbox(self, limit: int = 500) -> int:
+    def relay_outbox(self, limit: int = 500, fence: Fence = UNFENCED) -> int:
         """Publish what a crash or a broker hiccup left unannounced; returns how many."""
+        fence.check()
         return self.commits.relay_outbox(limit)
 
     def record_dead_letter(self, letter: DeadLetter) -> None:

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     outbox_relay_interval_s: float = Field(
         10, description="Beat: re-publish outgoing events a crash left unsent."
     )
+    beat_lease_interval_s: float = Field(
+        10, gt=0, le=300, description="Beat: the lease holder renews every this many seconds, a waiting beat tries "
+        "every half of it; the lease lasts twice it, so a dead holder is replaced within 2.5 x this.",
+    )
     switch_strategy: Literal["pointer", "filesystem"] = Field(
         "pointer", description="pointer: the swap is one store write; filesystem: also an atomic symlink swap."
     )

@@ -45,6 +45,7 @@ from indexgate.errors import (
     SwitchClaimed,
     SwitchInProgress,
 )
+from indexgate.leases import UNFENCED, Fence
 from indexgate.locks import AcquireRequest
 from indexgate.outcomes import Origin, Outcome, Status
 from indexgate.rules import Policy, Transition
@@ -335,11 +336,14 @@ class Shadows:
         state = self.store.load_index(index_key(branch, index_type))
         return state.active if state else None
 
-    def sweep(self) -> list:
+    def sweep(self, fence: Fence = UNFENCED) -> list:
         """Record silent builds FAILED and stale claims BUILT, forget finished builds past
-        their retention: on the indexes that are due (``IndexState.due_at``) only."""
+        their retention: on the indexes that are due (``IndexState.due_at``) only; the beat
+        lease's fence is checked before each (``indexgate.leases``)."""
         entries = []
+        fence.check()
         for key in self.store.indexes_due(self.commits.clock()):
+            fence.check()
             entries += self._mutate(key, lambda s, now: shadows.sweep(s, now, self.rules), _origin(),
                                     sweeping=True).audit
         return entries

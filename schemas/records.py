@@ -223,3 +223,19 @@ class DeadLetter(_Record):
     replayed_at: datetime | None = None  # ``indexgate deadletters replay``: when it was last sent back
     replayed_by: str | None = None  # ... and by whom (user@host, or --operator)
     replays: int = 0  # how many times it was sent back
+
+
+class Lease(_Record):
+    """A singleton role's lease (beat): who holds it, its fencing token, until when. The
+    rules over it live in ``indexgate.leases``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    holder: str
+    token: int  # raised by one each time the lease changes hands (or is retaken after expiring)
+    expires_at: datetime
+    renewed_at: datetime
+
+    def alive(self, now: datetime) -> bool:
+        return now < self.expires_at

@@ -9,8 +9,9 @@
 
 (1) a worker's start *is* an initialization (the issue's rule: ``indexgate setup`` or a
 worker's start), so a worker given a new path creates and initializes that store - tested
-in ``test_a_worker_start_initializes_the_store``; (2) beat never opens the store (its sweeps
-run in the workers): it creates nothing there either.
+in ``test_a_worker_start_initializes_the_store``; (2) beat only reads and writes its lease
+there (its sweeps run in the workers): on a missing store it sends nothing and creates
+nothing.
 
 Every refusal names what is wrong; none answers "allowed"; no read creates a file.
 """

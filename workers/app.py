@@ -11,6 +11,8 @@ Why each setting (see also the README's operations section):
   crashed worker's messages come back within ten minutes.
 - RabbitMQ ``confirm_publish``: the intake acks a funnel message only after the broker
   confirmed the hand-off task.
+- ``beat_scheduler``: every beat competes for one lease in the store and only its holder
+  sends (``workers.beat``), so a second beat, or ``-B`` next to a ``celery beat``, is safe.
 - Task events off by default: publishing them cost the worker a third of its event
   throughput (bench/RESULTS.md). Flower switches them on at runtime (its
   ``enable_events``), or set ``INDEXGATE_TASK_EVENTS=true``.
@@ -39,6 +41,7 @@ from indexgate.workers.tasks import register_tasks
 
 
 log = logging.getLogger(__name__)
+BEAT_SCHEDULER = "indexgate.workers.beat:LeaseScheduler"
 
 
 def create_app(settings: Settings | None = None, on_switch_step: Callable[[str], None] | None = None) -> Celery:
@@ -68,7 +71,8 @@ def create_app(settings: Settings | None = None, on_switch_step: Callable[[str],
         task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         beat_schedule=build_schedule(settings),
-        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
+        beat_scheduler=BEAT_SCHEDULER,  # any number of beats: one sends, under a lease (workers.beat)
+        beat_enable_remote_control=True,  # `celery inspect ping -d celerybeat@<host>` probes a beat
         timezone="UTC",
         enable_utc=True,
     )

@@ -26,7 +26,8 @@ from indexgate import beat_schedule as names
 from indexgate import metrics
 from indexgate.events.intake import HandOff, ingest_batch
 from indexgate.events.labels import TASK_NAMES, Label, label_of
-from indexgate.errors import DeadLettered, StoreUnavailable, TransientError
+from indexgate.errors import DeadLettered, Fenced, StoreUnavailable, TransientError
+from indexgate.leases import BEAT
 from indexgate.outcomes import Outcome, Status
 from indexgate.schemas.records import ReleaseReason
 from indexgate.workers.intake import INTAKE_TASK
@@ -40,7 +41,7 @@ class IndexgateTask(Task):
     acks_late = True  # ack only after the effect is committed
     reject_on_worker_lost = True  # a killed worker's message goes back to the queue
     max_retries = None  # a store outage must not lose events: retry until it is back
-    throws = (DeadLettered,)  # expected: logged as one line, no traceback
+    throws = (DeadLettered, Fenced)  # expected: logged as one line, no traceback
 
     def __call__(self, *args, **kwargs):
         # Celery's tracer sets up self.request; calling run directly keeps retries counted.
@@ -107,23 +108,29 @@ def register_tasks(app: Celery) -> None:
     for name in (*TASK_NAMES, INTAKE_TASK):
         task(name=name)(intake)
 
+    # Beat's jobs carry its lease's fencing token (``workers.beat``); without one (run by hand) unfenced.
     @task(name=names.SWEEP_TTL)
-    def sweep_ttl(self) -> int:
-        return len(runtime(self.app).service.sweep([ReleaseReason.TTL_EXPIRED]))
+    def sweep_ttl(self, lease_token: int | None = None) -> int:
+        service = runtime(self.app).service
+        return len(service.sweep([ReleaseReason.TTL_EXPIRED], service.leases.fence(BEAT, lease_token)))
 
     @task(name=names.SWEEP_HEARTBEATS)
-    def sweep_heartbeats(self) -> int:
+    def sweep_heartbeats(self, lease_token: int | None = None) -> int:
         service = runtime(self.app).service
-        return len(service.sweep([ReleaseReason.HEARTBEAT_MISSED])) + len(service.shadows.sweep())
+        fence = service.leases.fence(BEAT, lease_token)
+        return len(service.sweep([ReleaseReason.HEARTBEAT_MISSED], fence)) + len(service.shadows.sweep(fence))
 
     @task(name=names.HEALTH_SWEEP)
-    def health_sweep(self) -> int:
-        return len(runtime(self.app).service.refresh_health())
+    def health_sweep(self, lease_token: int | None = None) -> int:
+        service = runtime(self.app).service
+        return len(service.refresh_health(service.leases.fence(BEAT, lease_token)))
 
     @task(name=names.RETENTION)
-    def retention(self) -> dict:
-        return runtime(self.app).service.retention.run().model_dump()
+    def retention(self, lease_token: int | None = None) -> dict:
+        service = runtime(self.app).service
+        return service.retention.run(service.leases.fence(BEAT, lease_token)).model_dump()
 
     @task(name=names.RELAY_OUTBOX)
-    def relay_outbox(self) -> int:
-        return runtime(self.app).service.relay_outbox()
+    def relay_outbox(self, lease_token: int | None = None) -> int:
+        service = runtime(self.app).service
+        return service.relay_outbox(fence=service.leases.fence(BEAT, lease_token))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Protocol, Sequence
 
-from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter, EarlyEnd
+from indexgate.schemas.records import AuditEntry, BranchState, DeadLetter, EarlyEnd, Lease
 from indexgate.schemas.shadows import IndexState
 
 
@@ -148,6 +148,13 @@ class Store(Protocol):
 
     def set_marker(self, name: str, at: datetime) -> None:
         """Keep ``at`` under ``name``."""
+
+    def lease(self, name: str) -> Lease | None:
+        """The lease ``name`` as stored (alive or not), or None if it was never taken."""
+
+    def swap_lease(self, current: Lease | None, new: Lease) -> bool:
+        """Write ``new`` if the stored lease is still ``current`` (None: there is none yet);
+        False when another taker changed it first. The rules live in ``indexgate.leases``."""
 
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers (``StoreNotInitialized`` if it

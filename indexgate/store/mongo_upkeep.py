@@ -1,5 +1,5 @@
 """What the MongoDB adapter does besides the aggregates' writes: the due listings the sweeps
-read, retention (explicit prunes, TTL indexes, markers) and bringing documents written by an
+read, retention (explicit prunes, TTL indexes, markers), leases and bringing documents written by an
 older version up to date. A mixin of ``MongoStore``: it uses the store's ``_call`` (driver
 errors as ``StoreUnavailable``) and ``_col`` (majority reads and writes).
 """
@@ -12,8 +12,10 @@ from typing import Any, Callable, ContextManager
 from pymongo import ASCENDING
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
 
-from indexgate.store.base import EPOCH
+from indexgate.schemas.records import Lease
+from indexgate.store.base import EPOCH, due_us
 
 # collection -> which of its rows retention prunes (by their ``at`` BSON date); TTL indexes likewise
 TTL_FILTERS: dict[str, dict[str, Any]] = {"inbox": {}, "audit": {"published": True}, "dead_letters": {}}
@@ -97,6 +99,26 @@ class MongoUpkeep:
         with self._call(f"writing marker {name}"):
             self._col("meta").replace_one({"_id": f"marker:{name}"}, {"_id": f"marker:{name}", "at": at.isoformat()},
                                          upsert=True)
+
+
+    def lease(self, name: str) -> Lease | None:
+        with self._call(f"reading lease {name}"):
+            raw = self._col("leases").find_one({"_id": name})
+        return Lease.model_validate_json(raw["doc"]) if raw else None
+
+    def swap_lease(self, current: Lease | None, new: Lease) -> bool:
+        """One conditional write (an insert for the first taker, whom the unique ``_id``
+        decides): a version of a lease is its (token, renewed_at)."""
+        doc = {"_id": new.name, "token": new.token, "renewed_us": due_us(new.renewed_at), "doc": new.model_dump_json()}
+        with self._call(f"writing lease {new.name}"):
+            if current is None:
+                try:
+                    self._col("leases").insert_one(doc)
+                    return True
+                except DuplicateKeyError:
+                    return False
+            found = {"_id": new.name, "token": current.token, "renewed_us": due_us(current.renewed_at)}
+            return self._col("leases").replace_one(found, doc).matched_count == 1
 
 
 def now() -> datetime:

@@ -1,5 +1,5 @@
 """What the SQLite adapter does besides the aggregates' writes: the due listings the sweeps
-read, retention (pruning from the oldest rows, giving the space back, markers) and bringing
+read, retention (pruning from the oldest rows, giving the space back, markers), leases and bringing
 a store created by an older version up to date. A mixin of ``SqliteStore``: it uses the
 store's ``_tx`` (one transaction, driver errors as ``StoreUnavailable``) and ``_connection``.
 """
@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from itertools import takewhile
 
 from indexgate.errors import StoreUnavailable
+from indexgate.schemas.records import Lease
 from indexgate.store.base import due_us
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,25 @@ class SqliteUpkeep:
     def set_marker(self, name: str, at: datetime) -> None:
         with self._tx(write=True) as conn:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"marker:{name}", at.isoformat()))
+
+
+    def lease(self, name: str) -> Lease | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute("SELECT doc FROM leases WHERE name = ?", (name,)).fetchone()
+        return Lease.model_validate_json(row[0]) if row else None
+
+    def swap_lease(self, current: Lease | None, new: Lease) -> bool:
+        """One conditional write: a version of a lease is its (token, renewed_at)."""
+        values = (new.token, due_us(new.renewed_at), new.model_dump_json(), new.name)
+        with self._tx(write=True) as conn:
+            if current is None:
+                cursor = conn.execute("INSERT OR IGNORE INTO leases (token, renewed_us, doc, name) VALUES (?, ?, ?, ?)",
+                                      values)
+            else:
+                cursor = conn.execute("UPDATE leases SET token = ?, renewed_us = ?, doc = ? WHERE name = ? AND "
+                                      "token = ? AND renewed_us = ?", (*values, current.token,
+                                                                        due_us(current.renewed_at)))
+            return cursor.rowcount == 1
 
 
 def _utc(at: datetime) -> datetime:

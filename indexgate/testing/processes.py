@@ -40,12 +40,12 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 def start_worker(settings: Settings, tag: str, pool: str = "prefork", concurrency: int | None = None,
                  beat: bool = False, app_module: str = "indexgate.workers", env: dict[str, str] | None = None,
-                 **extra_env: str) -> subprocess.Popen:
+                 loglevel: str = "WARNING", **extra_env: str) -> subprocess.Popen:
     """One worker process; its log goes to ``<data_dir>/worker-<tag>.log``. ``extra_env``
     are more ``INDEXGATE_*`` settings, ``env`` plain variables on top."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     node = f"{tag}-{uuid.uuid4().hex[:6]}"
-    argv = [sys.executable, "-m", "celery", "-A", app_module, "worker", "-P", pool, "-l", "WARNING",
+    argv = [sys.executable, "-m", "celery", "-A", app_module, "worker", "-P", pool, "-l", loglevel,
             "-n", f"{node}@%h", "--without-mingle", "--without-gossip"]
     if concurrency:
         argv.append(f"-c{concurrency}")
@@ -56,6 +56,16 @@ def start_worker(settings: Settings, tag: str, pool: str = "prefork", concurrenc
                                 stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
     proc.node = node  # type: ignore[attr-defined]  # answering() counts only our own workers' replies
     return proc
+
+
+def start_beat(settings: Settings, tag: str, **extra_env: str) -> subprocess.Popen:
+    """One ``celery beat`` process logging at INFO (each job it sends is a line) to
+    ``<data_dir>/beat-<tag>.log``."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "celery", "-A", "indexgate.workers", "beat", "-l", "INFO"]
+    with open(settings.data_dir / f"beat-{tag}.log", "w") as log:
+        return subprocess.Popen(argv, env=settings_env(settings, **extra_env), stdout=log, stderr=subprocess.STDOUT,
+                                cwd=PROJECT_ROOT)
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 20) -> None:

@@ -94,6 +94,7 @@ def test_metrics_after_grant_heartbeat_death_switch_dead_letter(redis_settings: 
     assert value(before, "indexgate_shadow_builds", state="ACTIVE") == 1
     assert value(before, "indexgate_shadow_builds", state="BUILDING") == 0
     assert value(before, "indexgate_active_indexes") == 1
+    assert value(before, "indexgate_beat_lease_held") == 0  # no beat in this scenario
     assert value(before, "indexgate_intake_backlog") == 0 and value(before, "indexgate_intake_unacked") == 0
     assert value(before, "indexgate_intake_alerts", alert="no_reader") == 0
     assert value(before, "indexgate_sweep_interval_seconds", sweep="sweep_heartbeats") == 30

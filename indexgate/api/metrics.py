@@ -95,6 +95,7 @@ def state_families(view: Overview, settings: Settings) -> Iterator[Metric]:
         yield builds
         yield _gauge("indexgate_active_indexes", "(branch, index_type) pairs with an active index pointer",
                      sum(1 for index in view.store.indexes if index.active is not None))
+        yield from _lease_families(view, now)
     if view.backlog is not None:
         backlog = view.backlog
         yield _gauge("indexgate_intake_backlog", "Funnel events waiting to be applied (Redis: entries in the intake "
@@ -131,6 +132,16 @@ def _lock_families(view: Overview, now) -> Iterator[Metric]:
                      min((min(v.heartbeat_deadline, v.lock.expires_at) - now).total_seconds() for v in locks))
     yield _gauge("indexgate_locks_past_eta", "Locks in force whose holder's last ETA (last heartbeat + estimated "
                  "remaining) has passed", sum(1 for v in locks if v.in_force and _past_eta(v, now)))
+
+
+def _lease_families(view: Overview, now) -> Iterator[Metric]:
+    assert view.store is not None
+    lease = view.store.beat_lease
+    yield _gauge("indexgate_beat_lease_held", "1 while a beat holds the beat lease (only its holder sends sweeps)",
+                 float(lease is not None and lease.alive(now)))
+    if lease is not None:
+        yield _gauge("indexgate_beat_lease_token", "Fencing token of the beat lease (+1 at each change of holder)",
+                     lease.token)
 
 
 def _past_eta(v, now) -> bool:

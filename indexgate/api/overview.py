@@ -19,7 +19,8 @@ from indexgate.api.context import STORE_ERRORS
 from indexgate.clock import utcnow
 from indexgate.events.brokers import Backlog, IntakeTransport, transport_for
 from indexgate.locks import LockView
-from indexgate.schemas.records import DeadLetter
+from indexgate.leases import BEAT
+from indexgate.schemas.records import DeadLetter, Lease
 from indexgate.schemas.shadows import IndexState, ShadowBuild, ShadowState
 from indexgate.service import Service
 from indexgate.settings import Settings
@@ -33,6 +34,7 @@ class StoreView:
     builds: list[tuple[ShadowBuild, ShadowState]]
     indexes: list[IndexState]
     dead_letters: list[DeadLetter]
+    beat_lease: Lease | None = None
 
 
 @dataclass
@@ -46,7 +48,8 @@ class Overview:
 
 def read_store(service: Service) -> StoreView:
     return StoreView(locks=service.list_locks(), builds=service.shadows.builds(), indexes=service.store.indexes(),
-                     dead_letters=service.store.dead_letters(RECENT_DEAD_LETTERS))
+                     dead_letters=service.store.dead_letters(RECENT_DEAD_LETTERS),
+                     beat_lease=service.leases.current(BEAT))
 
 
 class Watch:

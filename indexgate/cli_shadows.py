@@ -8,7 +8,8 @@ import click
 
 from indexgate.cli_common import NAME, TEXT, emit, guarded, operator_name, service
 from indexgate.outcomes import Status
-from indexgate.shadow_service import SwitchResult, status_json
+from indexgate.shadow_service import status_json
+from indexgate.switch_policy import SwitchResult
 from indexgate.shadows import CHECKS
 
 

@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
 from indexgate.outcomes import Outcome, Status
-from indexgate.shadow_service import SwitchResult
+from indexgate.switch_policy import SwitchResult
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from indexgate.rules import Policy, Transition
 from indexgate.schemas.payloads import HeartbeatData, JobEnd, StartedData
 from indexgate.schemas.records import AuditEntry, AuditKind, BranchState, DeadLetter, Health, JobStatus, ReleaseReason
 from indexgate.settings import Settings
-from indexgate.shadow_service import Shadows, SwitchPolicy, SwitchResult
+from indexgate.shadow_service import Shadows
+from indexgate.switch_policy import SwitchPolicy, SwitchResult
 from indexgate.store import Store, open_store
 
 __all__ = ["Origin", "Outcome", "Service", "policy_from"]

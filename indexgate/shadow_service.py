@@ -25,13 +25,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from time import perf_counter
-from typing import Any, Callable, Literal, Protocol, Sequence
-
-from pydantic import BaseModel
+from typing import Any, Callable, Sequence
 
 from indexgate import due, early_ends, locations, shadows
 from indexgate.commits import Commits
@@ -49,7 +45,6 @@ from indexgate.leases import UNFENCED, Fence
 from indexgate.locks import AcquireRequest
 from indexgate.outcomes import Origin, Outcome, Status
 from indexgate.rules import Policy, Transition
-from indexgate.settings import Settings
 from indexgate.schemas.payloads import HeartbeatData, JobEnd, StartedData, SwitchRequestData
 from indexgate.schemas.records import AuditKind, EarlyEnd, LockKind, ReleaseReason
 from indexgate.schemas.shadows import (
@@ -61,62 +56,13 @@ from indexgate.schemas.shadows import (
     VerifyOutcome,
     index_key,
 )
-from indexgate.verifiers import Verifiers
+from indexgate.switch_policy import SwitchLocks, SwitchPolicy, SwitchResult
 
 Rule = Callable[[IndexState, datetime], Transition]
 
 
-class SwitchLocks(Protocol):
-    """The two lock use cases a switch needs (``indexgate.service.Service`` has them)."""
-
-    def acquire(self, branch: str, request: AcquireRequest, origin: Origin) -> Outcome: ...
-
-    def release(self, branch: str, job_id: str, reason: ReleaseReason, origin: Origin) -> Outcome: ...
-
 log = logging.getLogger(__name__)
 SWITCHER = "indexgate-switch"
-
-
-@dataclass(frozen=True)
-class SwitchPolicy:
-    strategy: Literal["pointer", "filesystem"] = "pointer"
-    links_dir: Path | None = None
-    lock_ttl_s: float = 60.0
-    lock_heartbeat_interval_s: float = 2.0
-    missed_heartbeats: int = 3
-    max_shrink_fraction: float = 0.5
-    auto_switch: bool = False
-    default_index_type: str = "SEARCH_INDEX"
-    verifiers: Verifiers = field(default_factory=Verifiers)
-
-    @property
-    def claim_s(self) -> float:
-        """A claim lives exactly as long as an unrefreshed switch lock."""
-        return self.lock_heartbeat_interval_s * self.missed_heartbeats
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> "SwitchPolicy":
-        return cls(strategy=s.switch_strategy, links_dir=s.index_links_dir or s.data_dir / "indexes",
-                   lock_ttl_s=s.switch_lock_ttl_s, lock_heartbeat_interval_s=s.switch_lock_heartbeat_interval_s,
-                   missed_heartbeats=s.missed_heartbeats, max_shrink_fraction=s.max_shrink_fraction,
-                   auto_switch=s.auto_switch, default_index_type=s.default_index_type,
-                   verifiers=Verifiers.from_settings(s))
-
-
-SWITCH_STATUSES = (Status.SWITCHED, Status.VALIDATION_FAILED, Status.REFUSED, Status.BRANCH_BUSY, Status.ROLLED_BACK)
-
-
-class SwitchResult(BaseModel):
-    status: Status  # one of SWITCH_STATUSES
-    shadow_index_id: str
-    branch: str
-    index_type: str
-    detail: str = ""
-    checks: list[shadows.CheckResult] = []
-    fencing_token: int | None = None
-    switch_duration_ms: float | None = None
-    blackout_ms: float | None = None
-    verification: Verification | None = None
 
 
 class Shadows:

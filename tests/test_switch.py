@@ -20,7 +20,7 @@ from indexgate import locations
 from indexgate.errors import SwitchInProgress
 from indexgate.locks import Policy
 from indexgate.service import Outcome, Service
-from indexgate.shadow_service import SwitchPolicy
+from indexgate.switch_policy import SwitchPolicy
 from indexgate.store.sqlite import SqliteStore
 from indexgate.testing.indexes import write_index
 from indexgate.schemas.records import AuditEntry, AuditKind

@@ -25,7 +25,7 @@ from indexgate.schemas.records import AuditKind
 from indexgate.schemas.shadows import VerifyOutcome
 from indexgate.service import Service
 from indexgate.settings import Settings
-from indexgate.shadow_service import SwitchPolicy
+from indexgate.switch_policy import SwitchPolicy
 from indexgate.store.sqlite import SqliteStore
 from indexgate.testing.indexes import write_index
 from indexgate.verifiers import ENTRY_POINT_GROUP, Verifiers

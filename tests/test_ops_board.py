@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from indexgate.leases import BEAT
 from indexgate.service import Service
 from indexgate.testing.api import api_process
 from indexgate.testing.broker_names import delete_run_names
@@ -103,6 +104,7 @@ def test_board_in_headless_chromium(tmp_path: Path) -> None:
     try:
         wait_ready(settings, [worker])
         letter = ops_kit.run(settings, service, scenario, tmp_path)
+        service.leases.take(BEAT, "beat-host:42", 600)  # a beat holds the lease
         with api_process(settings) as url:
             dom = browse(f"{url}/", "--dump-dom")
             shot.unlink(missing_ok=True)
@@ -130,6 +132,7 @@ def test_board_in_headless_chromium(tmp_path: Path) -> None:
     assert f"shadow-{scenario.shadow_job}" in page
     assert letter in page and "com.oms.indexing.exploded" in page  # the dead letter
     assert 'id="backlog">0<' in page  # the intake backlog
+    assert "beat: beat-host:42 sends the sweeps (lease token 1" in page  # who sends the sweeps
     assert 'http-equiv="refresh"' in page
     assert pic.returncode == 0 and shot.stat().st_size > 0, pic.stderr[-2000:]
     assert has_colour(shot, HEALTHY_RGB) and has_colour(shot, CRITICAL_RGB)

@@ -71,6 +71,7 @@ def render(view: Overview) -> str:
         parts.append(f"<h2>Locks</h2><p class=down id=store-down>store unreachable: {escape(view.store_error or '')}"
                      "</p>")
     else:
+        parts += _beat(view)
         parts += _locks(view.store.locks, view.at)
         parts += _builds(view)
         parts += _pointers(view)
@@ -91,6 +92,17 @@ def _intake(view: Overview) -> list[str]:
         facts.append(f"oldest waited {b.oldest_age_s:.1f} s")
     warnings = "".join(f"<li class=down>{escape(a['message'])}</li>" for a in b.alerts)
     return [f"<h2>Intake</h2><p>{'; '.join(facts)}</p>" + (f"<ul>{warnings}</ul>" if warnings else "")]
+
+
+def _beat(view: Overview) -> list[str]:
+    """Who sends the sweeps: the beat lease's holder (``indexgate.leases``)."""
+    assert view.store is not None
+    lease = view.store.beat_lease
+    if lease is None or not lease.alive(view.at):
+        last = f" (last: {escape(lease.holder)}, token {lease.token}, until {_time(lease.expires_at)})" if lease else ""
+        return [f"<h2>Beat</h2><p class=down id=beat>beat: no beat holds the lease, no sweeps are sent{last}</p>"]
+    return [f"<h2>Beat</h2><p id=beat>beat: {escape(lease.holder)} sends the sweeps (lease token {lease.token}, renewed "
+            f"{_time(lease.renewed_at)})</p>"]
 
 
 def _table(id_: str, heads: Iterable[str], rows: list[str], empty: str) -> str:

@@ -5,7 +5,8 @@ indexed (``BranchState.due_at``), so a sweep reads only the branches that are du
 in process over the shipped store (SQLite, synchronous=FULL; MongoDB when ``MONGODB_URL`` is
 set), at each size:
 
-- the heartbeat sweep as beat runs it (``sweep(HEARTBEAT_MISSED)`` + the shadow sweep) with
+- the heartbeat sweep as beat runs it (``sweep(HEARTBEAT_MISSED)`` + the shadow sweep, fenced
+  by the beat lease's token) with
   **none due**, median of several runs, beside the **full scan** the sweep was before (every
   locked branch loaded and its rule applied, as on main before due times) in the same run;
 - the **cost per due lock**: rounds of ``DUE_PER_ROUND`` locks whose heartbeat deadline has
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from bench.common import Figure, Report, bench_settings, percentiles, profiled_sqlite_store
 from indexgate import locks
+from indexgate.leases import BEAT
 from indexgate.locks import SWEEPER, AcquireRequest
 from indexgate.service import Origin, Service, policy_from
 from indexgate.schemas.records import ReleaseReason
@@ -74,8 +76,17 @@ def _lock(service: Service, branch: str, job: str, interval_s: float) -> None:
 
 
 def heartbeat_sweep(service: Service) -> int:
-    """What beat's heartbeat-cleanup task runs."""
-    return len(service.sweep(HB)) + len(service.shadows.sweep())
+    """What beat's heartbeat-cleanup task runs: fenced by the beat lease (one more read)."""
+    token = _tokens.get(id(service))
+    if token is None:
+        lease = service.leases.take(BEAT, "bench-beat", 86_400)
+        assert lease is not None
+        token = _tokens[id(service)] = lease.token
+    fence = service.leases.fence(BEAT, token)
+    return len(service.sweep(HB, fence)) + len(service.shadows.sweep(fence))
+
+
+_tokens: dict[int, int] = {}  # the bench beat's lease token, per service
 
 
 def full_scan(service: Service) -> None:

@@ -74,7 +74,7 @@ def _run(name: str, broker: str, whole: bool, target: int, seed: int, kombu: boo
     """``overrides``: settings for this run (e.g. a short ``intake_claim_idle_s``); ``kombu``:
     the funnel publishes with plain kombu to the topic exchange instead of indexgate's
     publisher; ``term``: SIGTERM whole workers instead (``sigterm.py``)."""
-    limit_s = 60 + 6 * target
+    limit_s = 60 + (10 if term else 6) * target  # a SIGTERM cycle waits for the exit, then for the replacement
     row = Row(name)
     rng = random.Random(seed)
     with scratch(name) as folder, broker_url(broker, folder) as url:

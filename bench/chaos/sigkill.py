@@ -125,8 +125,9 @@ def _run(name: str, broker: str, whole: bool, target: int, seed: int, kombu: boo
         phases = {k[6:]: v for k, v in stats.items() if k.startswith("phase:")}
         what = "whole worker (parent + pool)" if whole else "pool process"
         how = "SIGTERMs (warm shutdown, waited for until the worker exited)" if term else "SIGKILLs"
+        more = "SIGTERMs" if term else "kills"
         row.note(f"{stats['mid_event']} mid-event {how} of a {what} (phases {phases}: pre = before the effect, "
-                 f"run = in decode/store, post = committed, not yet acked); {stats['idle']} more {'SIGTERMs' if term else 'kills'} found the "
+                 f"run = in decode/store, post = committed, not yet acked); {stats['idle']} more {more} found the "
                  f"process already idle; {stream.started} jobs on 4 branches, 2 workers x 2 pool processes, "
                  f"{url.split('://')[0]}")
         if term:

@@ -150,6 +150,12 @@ class Settings(BaseSettings):
         False, description="Send Celery task events from the start (Flower also enables them at runtime); "
         "they cost about a third of the worker's event throughput.",
     )
+    shutdown_timeout_s: float = Field(
+        30, gt=0, le=TASK_TIME_LIMIT_S, description="Worker: how long a warm shutdown (SIGTERM, Ctrl+C) may wait "
+        "for running tasks before it turns cold (workers.shutdown): tasks still running are cut off and go back "
+        "to the broker (acks_late), to be applied by the next worker. Keep the orchestrator's grace period "
+        "(compose stop_grace_period) above it. At most the task time limit (300 s).",
+    )
     intake_prefetch: int = Field(64, description="RabbitMQ / embedded broker: unacked funnel messages per worker.")
     intake_group: str = Field("indexgate", description="Redis: the consumer group reading the intake stream.")
     intake_batch_max: int = Field(

@@ -33,7 +33,7 @@ EVENT_SCENARIOS = [name for name in SCENARIOS if name != "mutex_history"]
 def row_of(name: str) -> Row:
     """Run a scenario once per session (several tests read the same row)."""
     if name not in ROWS:
-        if name == "sigkill_whole_rabbitmq":
+        if name in ("sigkill_whole_rabbitmq", "sigterm_rabbitmq"):
             require_reachable(AMQP_URL)
         quiet_logs()
         ROWS[name] = SCENARIOS[name](broker="redis", short=True)
@@ -71,7 +71,24 @@ def test_sigkill_really_killed_mid_event() -> None:
         assert whole.runs >= 4 and whole.figures["whole"] >= 4, whole.notes
 
 
-@pytest.mark.parametrize("name", ["sigkill_whole_kombu", "broker_restart_kombu"])
+@pytest.mark.parametrize("name", ["sigterm", "sigterm_kombu", "sigterm_rabbitmq"])
+def test_sigterm_stopped_workers_mid_event_and_each_exited_0_within_the_bound_finishing_its_tasks(name: str) -> None:
+    """Every SIGTERMed worker exited 0 within the bound (INDEXGATE_SHUTDOWN_TIMEOUT_S, the
+    production 30 s, plus the cold shutdown that ends a shutdown still waiting then), no
+    task in flight was cut off, and no stream entry was left for a claim. A shutdown that
+    needed the cold step is in the notes ("cold shutdowns"): rare, with every task finished
+    (see the README's Shutdown paragraph)."""
+    row = row_of(name)
+    f = row.figures
+    assert row.runs >= 4 and f["term"] >= 4, row.notes
+    exits = {key: n for key, n in f.items() if key.startswith("exit:")}
+    assert exits == {"exit:0": row.runs + f.get("idle", 0)}, row.notes
+    assert len(f["shutdown_s"]) == row.runs + f.get("idle", 0) and max(f["shutdown_s"]) <= 30 + 15, row.notes
+    assert f.get("cut_off", 0) == 0, row.notes
+    assert f["claimed_again"] == 0, row.notes
+
+
+@pytest.mark.parametrize("name", ["sigkill_whole_kombu", "sigterm_kombu", "broker_restart_kombu"])
 def test_kombu_rows_publish_through_the_kombu_door_in_both_modes(name: str) -> None:
     """Every event of these rows went in as a plain kombu publish to the topic exchange."""
     row = row_of(name)

@@ -13,6 +13,9 @@ Why each setting (see also the README's operations section):
   confirmed the hand-off task.
 - ``beat_scheduler``: every beat competes for one lease in the store and only its holder
   sends (``workers.beat``), so a second beat, or ``-B`` next to a ``celery beat``, is safe.
+- Shutdown: SIGTERM is Celery's warm shutdown, bounded by ``INDEXGATE_SHUTDOWN_TIMEOUT_S``
+  (``workers.shutdown``): past it, the worker turns cold and what still runs goes back to
+  the broker.
 - Task events off by default: publishing them cost the worker a third of its event
   throughput (bench/RESULTS.md). Flower switches them on at runtime (its
   ``enable_events``), or set ``INDEXGATE_TASK_EVENTS=true``.
@@ -37,6 +40,7 @@ from indexgate.settings import TASK_TIME_LIMIT_S, Settings, check_celery_broker
 from indexgate.store import initialize_store
 from indexgate.workers.intake import IntakeStep, StreamStep
 from indexgate.workers.runtime import reset
+from indexgate.workers.shutdown import BoundedShutdown
 from indexgate.workers.tasks import register_tasks
 
 
@@ -78,6 +82,7 @@ def create_app(settings: Settings | None = None, on_switch_step: Callable[[str],
     )
     app.steps["consumer"].add(IntakeStep)  # each step includes itself only for its transport's IntakeMode
     app.steps["worker"].add(StreamStep)
+    app.steps["worker"].add(BoundedShutdown)  # SIGTERM waits for running tasks up to INDEXGATE_SHUTDOWN_TIMEOUT_S
     register_tasks(app)
     _connect_signals(app)
     _connect_observability(app)

@@ -25,6 +25,9 @@ SCENARIOS: dict[str, Callable[..., Row]] = {
     "sigkill_whole": _lazy("sigkill", "run_whole"),
     "sigkill_whole_kombu": _lazy("sigkill", "run_whole_kombu"),
     "sigkill_whole_rabbitmq": _lazy("sigkill", "run_whole_rabbitmq"),
+    "sigterm": _lazy("sigterm"),
+    "sigterm_kombu": _lazy("sigterm", "run_kombu"),
+    "sigterm_rabbitmq": _lazy("sigterm", "run_rabbitmq"),
     "broker_restart": _lazy("broker_restart"),
     "broker_restart_kombu": _lazy("broker_restart", "run_kombu"),
     "broker_restart_rabbitmq": _lazy("broker_restart", "run_rabbitmq"),
@@ -47,7 +50,8 @@ def failed(row: Row) -> bool:
     return bool(failures(row))
 
 
-LEGEND = """runs: sigkill* = mid-event SIGKILLs, broker_restart* = broker restarts (*_kombu: the funnel publishes with
+LEGEND = """runs: sigkill* = mid-event SIGKILLs, sigterm* = mid-event SIGTERMs (warm shutdown, waited for until the
+worker exited), broker_restart* = broker restarts (*_kombu: the funnel publishes with
 plain kombu to the topic exchange on Redis, the kombu door), store_outage = outages,
 hostile = Hypothesis examples drawn, mutex_history = SIGSTOP pauses. Definitions of the other
 columns: bench/chaos/common.py. mutex_history publishes no events (processes call the service)."""

@@ -4,7 +4,8 @@ Runs the chaos scenarios against real worker processes, a real broker and the SQ
 store, and prints one row per scenario (definitions in ``bench/chaos/common.py``), then
 each scenario's notes. Everything runs on 127.0.0.1. With ``--broker redis`` (default)
 each scenario that needs Redis starts its own ``redis-server`` on a free port and stops it
-afterwards; ``sigkill_whole_rabbitmq`` always uses the local RabbitMQ, and
+afterwards; ``sigkill_whole_rabbitmq`` and ``sigterm_rabbitmq`` always use the local
+RabbitMQ (``sigterm`` and ``sigterm_kombu`` always a private Redis), and
 ``broker_restart_rabbitmq`` starts a private RabbitMQ node (the shared one is never
 restarted). ``--broker rabbitmq`` runs sigkill, sigkill_whole, store_outage and hostile on
 the local RabbitMQ instead.

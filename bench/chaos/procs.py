@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 from indexgate.settings import Settings
 from indexgate.testing.processes import answering, start_worker
@@ -70,6 +71,29 @@ class Workers:
         for pid in pids[1:]:
             reap_orphan(pid)
         return pids
+
+    def term_whole(self, proc: subprocess.Popen, timeout_s: float = 120,
+                   while_waiting: Callable[[], None] | None = None) -> tuple[int, float]:
+        """SIGTERM a worker (what ``docker stop`` and Kubernetes send) and wait until it
+        exits: (exit code, seconds from the signal to the exit). ``while_waiting`` is called
+        between polls (the funnel goes on publishing). Past ``timeout_s`` it is SIGKILLed
+        and counted as killed, so the row shows it."""
+        kids = children(proc.pid)
+        self.stopped.add(proc.pid)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        while proc.poll() is None and time.monotonic() - started < timeout_s:
+            if while_waiting:
+                while_waiting()
+            time.sleep(0.01)
+        if proc.poll() is None:
+            self.killed.add(proc.pid)
+            proc.kill()
+        code = proc.wait()
+        seconds = time.monotonic() - started
+        for pid in kids:
+            reap_orphan(pid)
+        return code, seconds
 
     def kill_child(self, pid: int) -> None:
         self.killed.add(pid)

@@ -69,12 +69,12 @@ def run_whole_rabbitmq(broker: str = "rabbitmq", short: bool = True, seed: int =
     return _run("sigkill_whole_rabbitmq", "rabbitmq", whole=True, target=4 if short else 20, seed=seed)
 
 
-def _run(name: str, broker: str, whole: bool, target: int, seed: int, kombu: bool = False,
+def _run(name: str, broker: str, whole: bool, target: int, seed: int, kombu: bool = False, term: bool = False,
          **overrides: float) -> Row:
     """``overrides``: settings for this run (e.g. a short ``intake_claim_idle_s``); ``kombu``:
     the funnel publishes with plain kombu to the topic exchange instead of indexgate's
-    publisher."""
-    limit_s = 60 + 6 * target
+    publisher; ``term``: SIGTERM whole workers instead (``sigterm.py``)."""
+    limit_s = 60 + (10 if term else 6) * target  # a SIGTERM cycle waits for the exit, then for the replacement
     row = Row(name)
     rng = random.Random(seed)
     with scratch(name) as folder, broker_url(broker, folder) as url:
@@ -88,12 +88,14 @@ def _run(name: str, broker: str, whole: bool, target: int, seed: int, kombu: boo
         ledger = Ledger()
         stream = JobStream(publisher, service.store, ledger, rng, branches=4, in_flight=8)
         stats = Counter()
+        shutdowns: list[float] = []  # term: seconds from each SIGTERM to the worker's exit
         stop = threading.Event()
         errors: list[BaseException] = []
 
         def killer() -> None:
             try:
-                kill_loop(workers, probe_dir, rng, target, stats, stop, env, whole=whole)
+                kill_loop(workers, probe_dir, rng, target, stats, stop, env, whole=whole, term=term,
+                          shutdowns=shutdowns)
             except BaseException as exc:  # surfaced below; never a silent harness failure
                 errors.append(exc)
             finally:
@@ -122,10 +124,16 @@ def _run(name: str, broker: str, whole: bool, target: int, seed: int, kombu: boo
         row.notes += found[:5]
         phases = {k[6:]: v for k, v in stats.items() if k.startswith("phase:")}
         what = "whole worker (parent + pool)" if whole else "pool process"
-        row.note(f"{stats['mid_event']} mid-event SIGKILLs of a {what} (phases {phases}: pre = before the effect, "
-                 f"run = in decode/store, post = committed, not yet acked); {stats['idle']} more kills found the "
+        how = "SIGTERMs (warm shutdown, waited for until the worker exited)" if term else "SIGKILLs"
+        more = "SIGTERMs" if term else "kills"
+        row.note(f"{stats['mid_event']} mid-event {how} of a {what} (phases {phases}: pre = before the effect, "
+                 f"run = in decode/store, post = committed, not yet acked); {stats['idle']} more {more} found the "
                  f"process already idle; {stream.started} jobs on 4 branches, 2 workers x 2 pool processes, "
                  f"{url.split('://')[0]}")
+        if term:
+            row.figures["shutdown_s"] = shutdowns
+            row.figures["claimed_again"] = len(workers.log_lines(r"handing off \d+ intake entries again"))
+            row.figures["cold"] = len(workers.log_lines("cold shutdown"))
         if kombu:
             row.note(publisher.describe())
             row.figures["kombu_modes"] = dict(publisher.modes)
@@ -149,7 +157,10 @@ def _busy(workers: Workers, probe_dir: Path) -> list[tuple[int, str, int]]:
 
 
 def kill_loop(workers: Workers, probe_dir: Path, rng: random.Random, target: int, stats: Counter,
-              stop: threading.Event, env: dict[str, str], whole: bool) -> None:
+              stop: threading.Event, env: dict[str, str], whole: bool, term: bool = False,
+              shutdowns: list[float] | None = None) -> None:
+    """``term``: SIGTERM the whole worker and wait for its exit instead of a SIGKILL; a kill
+    is mid-event if the marker read right after the signal still names the task."""
     while stats["mid_event"] < target and not stop.is_set():
         busy = _busy(workers, probe_dir)
         if not busy:
@@ -158,27 +169,26 @@ def kill_loop(workers: Workers, probe_dir: Path, rng: random.Random, target: int
         pid, before, parent = rng.choice(busy)
         time.sleep(rng.uniform(0, 1.2 * PROBE_SLEEP_MS / 1000))  # somewhere in pre / run / post
         proc = next(p for p in workers.procs if p.pid == parent)
-        if whole:
-            workers.kill_whole(proc)
-        else:
-            workers.kill_child(pid)
-            deadline = time.monotonic() + 10
-            while alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.005)
         marker = probe_dir / str(pid)
-        try:
-            after = marker.read_text()
-            marker.unlink()
-        except OSError:
-            after = ""
+        if term:
+            after = _term_whole(workers, proc, marker, stats, shutdowns if shutdowns is not None else [])
+        else:
+            if whole:
+                workers.kill_whole(proc)
+            else:
+                workers.kill_child(pid)
+                deadline = time.monotonic() + 10
+                while alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            after = _take_marker(marker)
         if after and after.split()[1] == before.split()[1]:
             stats["mid_event"] += 1
             stats[f"phase:{after.split()[0]}"] += 1
-            stats["whole" if whole else "child"] += 1
+            stats["term" if term else "whole" if whole else "child"] += 1
         else:
             stats["idle"] += 1
         t0 = time.monotonic()
-        if whole:
+        if whole or term:
             workers.start(env=env)
             workers.wait_ready()
             stats["restart_ms"] += int((time.monotonic() - t0) * 1000)
@@ -188,3 +198,34 @@ def kill_loop(workers: Workers, probe_dir: Path, rng: random.Random, target: int
                 time.sleep(0.01)
             stats["respawn_ms"] += int((time.monotonic() - t0) * 1000)
         time.sleep(rng.uniform(0, 0.15))  # let the stream move on between kills
+
+
+def _take_marker(marker: Path) -> str:
+    """A pool process's marker, removed ("" if there is none)."""
+    try:
+        text = marker.read_text()
+        marker.unlink()
+    except OSError:
+        return ""
+    return text
+
+
+def _term_whole(workers: Workers, proc, marker: Path, stats: Counter, shutdowns: list[float]) -> str:
+    """SIGTERM ``proc``, read the marker right after the signal (what the pool process was
+    in when it landed), wait for the exit; a marker still there afterwards is a task the
+    shutdown cut off instead of finishing."""
+    at_signal: list[str] = []
+
+    def look() -> None:
+        if not at_signal:
+            try:
+                at_signal.append(marker.read_text())
+            except OSError:  # no marker: the pool process was idle
+                at_signal.append("")
+
+    code, seconds = workers.term_whole(proc, while_waiting=look)
+    stats[f"exit:{code}"] += 1
+    shutdowns.append(round(seconds, 2))
+    if _take_marker(marker):
+        stats["cut_off"] += 1
+    return at_signal[0] if at_signal else ""

@@ -435,8 +435,9 @@ def test_unreachable_store_raises_store_unavailable(store: Store, tmp_path: Path
         blocker = tmp_path / "not-a-directory"
         blocker.write_text("a regular file where a directory should be")
         broken: Store = SqliteStore(blocker / "store.db")
-    else:  # the real pymongo client, no server needed: nothing listens on port 1
-        broken = MongoStore.from_url("mongodb://user:s3cret@127.0.0.1:1/?serverSelectionTimeoutMS=300")
+    else:  # the real pymongo client, no server needed: nothing listens on port 1. With an operation timeout
+        # (timeoutMS) pymongo waits it out in server selection whatever serverSelectionTimeoutMS says: a short one
+        broken = MongoStore.from_url("mongodb://user:s3cret@127.0.0.1:1/?serverSelectionTimeoutMS=300&timeoutMS=300")
     with pytest.raises(StoreUnavailable) as caught:
         broken.load("main")
     with pytest.raises(StoreUnavailable):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from celery import bootsteps
@@ -96,9 +97,9 @@ class IntakeStep(bootsteps.ConsumerStep):
             hand_off(self.app, HandOff(items=[Delivery(raw=_raw(m)) for m in held]))
         except Exception:
             log.exception("could not hand %d funnel event(s) to the pool; they go back to the queue", len(held))
-            _settle(held, "requeue")
+            _settle(held, Settle.REQUEUE)
             return
-        _settle(held, "ack")
+        _settle(held, Settle.ACK)
 
 
 def _raw(message) -> RawMessage:
@@ -106,12 +107,19 @@ def _raw(message) -> RawMessage:
                             (message.delivery_info or {}).get("routing_key"))
 
 
-def _settle(messages: list, how: str) -> None:
+class Settle(StrEnum):
+    """What becomes of the funnel messages of a batch once its hand-off was tried."""
+
+    ACK = "ack"  # handed off (confirmed): the pool task applies them
+    REQUEUE = "requeue"  # the hand-off failed: back to the queue
+
+
+def _settle(messages: list, how: Settle) -> None:
     """Ack (or requeue) each message; one on a connection that is gone meanwhile is
     redelivered by the broker, and the inbox drops it as a duplicate."""
     for message in messages:
         try:
-            message.ack() if how == "ack" else message.requeue()
+            message.ack() if how is Settle.ACK else message.requeue()
         except Exception as exc:
             log.warning("could not %s a funnel message (the broker will redeliver it): %s", how, exc)
             return

@@ -14,8 +14,10 @@ clock runs ahead by ``d`` sees a lease expire ``d`` early.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from indexgate.clock import Clock, utcnow
 from indexgate.errors import Fenced
@@ -23,6 +25,7 @@ from indexgate.schemas.records import Lease
 from indexgate.store import Store
 
 BEAT = "beat"  # the lease every beat competes for
+T = TypeVar("T")
 
 
 def claim(current: Lease | None, name: str, holder: str, ttl_s: float, now: datetime) -> Lease | None:
@@ -95,6 +98,16 @@ class Fence:
             now_held = f"token {current.token}, held by {current.holder}" if current else "no lease at all"
             raise Fenced(f"sent under {self.name} lease token {self.token}, which is no longer current ({now_held}): "
                          "changed nothing; the current holder's own run does the work")
+
+    def guard(self, listing: Callable[[], Iterable[T]]) -> Iterator[T]:
+        """What ``listing`` returns, one at a time: the fence checked before the listing (a
+        fenced-out sweep with nothing to do still says so) and again before each item after the
+        first, so a sweep whose lease changed hands stops before its next change."""
+        self.check()
+        for i, item in enumerate(listing()):
+            if i:
+                self.check()
+            yield item
 
 
 UNFENCED = Fence(None, BEAT, None)

@@ -226,9 +226,7 @@ class Service:
         another sweep's reason is left as it is (it stays due until that sweep). The fence is
         checked before each branch: a sweep whose beat lost its lease stops (``Fenced``)."""
         entries: list[AuditEntry] = []
-        fence.check()
-        for branch in self.store.branches_due(self.clock()):
-            fence.check()
+        for branch in fence.guard(lambda: self.store.branches_due(self.clock())):
             entries += self._mutate(branch, rule, Origin(actor=locks.SWEEPER), sweeping=True).audit
         return entries
 

@@ -287,9 +287,7 @@ class Shadows:
         their retention: on the indexes that are due (``IndexState.due_at``) only; the beat
         lease's fence is checked before each (``indexgate.leases``)."""
         entries = []
-        fence.check()
-        for key in self.store.indexes_due(self.commits.clock()):
-            fence.check()
+        for key in fence.guard(lambda: self.store.indexes_due(self.commits.clock())):
             entries += self._mutate(key, lambda s, now: shadows.sweep(s, now, self.rules), _origin(),
                                     sweeping=True).audit
         return entries

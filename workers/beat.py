@@ -79,7 +79,8 @@ class LeaseScheduler(Scheduler):
         half_s = self.interval_s / 2
         try:
             lease = self.leases.take(BEAT, self.holder, self.ttl_s)
-            holder = None if lease else self.leases.current(BEAT)
+            # who holds it, only for the one line logged when this beat starts waiting
+            holder = self.leases.current(BEAT) if lease is None and self._state != "waiting" else None
         except StoreUnavailable as exc:
             self._next_try = started + half_s
             self._note("store", logging.ERROR, f"beat lease: the store does not answer, retrying every {half_s:g} s "

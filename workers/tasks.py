@@ -27,9 +27,10 @@ from indexgate import metrics
 from indexgate.events.intake import HandOff, ingest_batch
 from indexgate.events.labels import TASK_NAMES, Label, label_of
 from indexgate.errors import DeadLettered, Fenced, StoreUnavailable, TransientError
-from indexgate.leases import BEAT
+from indexgate.leases import BEAT, Fence
 from indexgate.outcomes import Outcome, Status
 from indexgate.schemas.records import ReleaseReason
+from indexgate.service import Service
 from indexgate.workers.intake import INTAKE_TASK
 from indexgate.workers.runtime import runtime, settings_of
 
@@ -98,6 +99,13 @@ def _dead_message(dead: list[tuple[Label, Outcome]], labels: list[Label], outcom
             f"{letters}{more}; batch outcomes {rest}")
 
 
+def beat_job(task: Task, lease_token: int | None) -> tuple[Service, Fence]:
+    """The service and the fence of a beat job: beat sends its lease's fencing token
+    (``workers.beat``); a job without one (run by hand) is not fenced."""
+    service = runtime(task.app).service
+    return service, service.leases.fence(BEAT, lease_token)
+
+
 def register_tasks(app: Celery) -> None:
     def task(name: str):
         return app.task(name=name, base=IndexgateTask, bind=True, ignore_result=True, shared=False)
@@ -108,29 +116,27 @@ def register_tasks(app: Celery) -> None:
     for name in (*TASK_NAMES, INTAKE_TASK):
         task(name=name)(intake)
 
-    # Beat's jobs carry its lease's fencing token (``workers.beat``); without one (run by hand) unfenced.
     @task(name=names.SWEEP_TTL)
     def sweep_ttl(self, lease_token: int | None = None) -> int:
-        service = runtime(self.app).service
-        return len(service.sweep([ReleaseReason.TTL_EXPIRED], service.leases.fence(BEAT, lease_token)))
+        service, fence = beat_job(self, lease_token)
+        return len(service.sweep([ReleaseReason.TTL_EXPIRED], fence))
 
     @task(name=names.SWEEP_HEARTBEATS)
     def sweep_heartbeats(self, lease_token: int | None = None) -> int:
-        service = runtime(self.app).service
-        fence = service.leases.fence(BEAT, lease_token)
+        service, fence = beat_job(self, lease_token)
         return len(service.sweep([ReleaseReason.HEARTBEAT_MISSED], fence)) + len(service.shadows.sweep(fence))
 
     @task(name=names.HEALTH_SWEEP)
     def health_sweep(self, lease_token: int | None = None) -> int:
-        service = runtime(self.app).service
-        return len(service.refresh_health(service.leases.fence(BEAT, lease_token)))
+        service, fence = beat_job(self, lease_token)
+        return len(service.refresh_health(fence))
 
     @task(name=names.RETENTION)
     def retention(self, lease_token: int | None = None) -> dict:
-        service = runtime(self.app).service
-        return service.retention.run(service.leases.fence(BEAT, lease_token)).model_dump()
+        service, fence = beat_job(self, lease_token)
+        return service.retention.run(fence).model_dump()
 
     @task(name=names.RELAY_OUTBOX)
     def relay_outbox(self, lease_token: int | None = None) -> int:
-        service = runtime(self.app).service
-        return service.relay_outbox(fence=service.leases.fence(BEAT, lease_token))
+        service, fence = beat_job(self, lease_token)
+        return service.relay_outbox(fence=fence)

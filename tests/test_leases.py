@@ -152,3 +152,37 @@ def test_racing_processes_never_hold_the_lease_at_once(tmp_path: Path) -> None:
     for (_, _, end), (_, next_start, _) in zip(spans, spans[1:]):
         assert next_start >= end - 0.001, spans  # the next holder took it only after the last renewal expired
     assert len(by_token) > 10  # the lease changed hands again and again
+
+
+# --- `indexgate beat status`, a real subprocess ----------------------------------------------------
+
+
+def test_beat_status_exit_1_without_a_holder_0_with_one(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from indexgate.settings import Settings
+    from indexgate.store import initialize_store
+    from indexgate.testing.processes import PROJECT_ROOT, settings_env
+
+    settings = Settings(data_dir=tmp_path, store_url=None, broker_url=None)
+    initialize_store(settings)
+    env = settings_env(settings)
+
+    def status(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "indexgate.cli", "beat", "status", *args], env=env,
+                              capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60)
+
+    never = status()
+    assert never.returncode == 1 and "no beat has ever held the lease" in never.stdout
+    store = SqliteStore(tmp_path / "indexgate.db")
+    Leases(store).take(BEAT, "host-a:7", 600)
+    held = status("--json")
+    answer = json.loads(held.stdout)
+    assert held.returncode == 0 and answer["held"] and answer["lease"]["holder"] == "host-a:7"
+    assert answer["lease"]["token"] == 1 and 0 < answer["expires_in_s"] <= 600
+    Leases(store).give_up(BEAT, "host-a:7")
+    store.close()
+    gone = status()
+    assert gone.returncode == 1 and "NOT held" in gone.stdout and "host-a:7" in gone.stdout
